@@ -1,0 +1,275 @@
+"""Typed configuration: the only reader of params.yaml.
+
+params.yaml is the one place defaults live (DVC reads the same file for its stage params). This
+module turns it, plus `-s key=value` overrides, into a frozen `Config` and rejects anything a
+typo could produce: an unknown section or key, a wrong type, a value out of range. Each error is
+one line naming where the value came from, the key, the value and what would be valid.
+
+Overrides: a bare key names the `train` section (`-s optimizer=adam`), a dotted key any section
+(`-s data.archive=PATH`); values are parsed as YAML scalars, so `-s data.archive=null` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hpcsweep.errors import UserError
+from hpcsweep.models import MODEL_NAMES
+from hpcsweep.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
+
+DEFAULT_PARAMS = Path("params.yaml")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp")
+ACCELERATORS = ("auto", "cpu", "gpu")
+LOADERS = ("device", "torchvision")
+# PyYAML follows YAML 1.1, where 3e-4 (no dot) is a string; YAML 1.2 and every user read a number
+YAML12_FLOAT = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+
+
+def rule(
+    *,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    pattern: str | None = None,
+    hint: str = "",
+) -> Any:
+    """A dataclass field with the value constraints `_check_rule` enforces."""
+    return field(metadata=dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt, pattern=pattern, hint=hint))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    archive: str | None
+    raw_dir: str
+    prepared_dir: str
+    loader: str = rule(choices=LOADERS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = rule(choices=MODEL_NAMES)
+    optimizer: str = rule(choices=OPTIMIZERS)
+    lr: float = rule(gt=0)
+    momentum: float = rule(ge=0, lt=1)
+    nesterov: bool = rule()
+    weight_decay: float = rule(ge=0)
+    decay_norm_and_bias: bool = rule()
+    scheduler: str = rule(choices=SCHEDULERS)
+    warmup_epochs: float = rule(ge=0)
+    lr_scaling: str = rule(choices=LR_SCALINGS)
+    base_batch_size: int = rule(ge=1)
+    batch_size: int = rule(ge=1)
+    micro_batch_size: int | Literal["auto"] = rule(ge=1)
+    memory_limit_mb: int | None = rule(ge=1)
+    memory_margin: float = rule(ge=0, lt=1)
+    max_epochs: int = rule(ge=1)
+    precision: str = rule(choices=PRECISIONS)
+    accelerator: str = rule(choices=ACCELERATORS)
+    strategy: str = rule(choices=STRATEGIES)
+    devices: int = rule(ge=1)
+    num_nodes: int = rule(ge=1)
+    seed: int = rule(ge=0)
+    limit_train_samples: int | None = rule(ge=1)
+    target_accuracy: float = rule(gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None
+    experiment: str = rule(pattern=r"\S.*", hint="a non-empty name")
+    system_metrics: bool = rule()
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str | None
+    time: str = rule(pattern=r"(\d+-)?\d{1,2}:\d{2}:\d{2}", hint="[D-]HH:MM:SS")
+    cpus_per_task: int = rule(ge=1)
+    mem: str = rule(pattern=r"\d+[KMGT]?", hint="a size such as 32G")
+    max_parallel: int = rule(ge=1)
+    account: str | None
+    qos: str | None
+    setup: list[str]
+    extra: dict[str, str | int]
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+    slurm: SlurmConfig
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        """Identity of what a run computes: the train section and the loader, never paths.
+
+        Canonical JSON with sorted keys, so key order in any file never changes it.
+        """
+        identity = {"train": dataclasses.asdict(self.train), "loader": self.data.loader}
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+def load_config(params: str | Path = DEFAULT_PARAMS, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a params file, apply `key=value` overrides, validate, return the typed config."""
+    raw = read_params_file(Path(params))
+    overridden = apply_overrides(raw, overrides)
+    return config_from_dict(raw, source=str(params), overridden=overridden)
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found (run from the project root or pass --params FILE)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else "?"
+        raise UserError(f"{path}:{line}: invalid YAML: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> set[str]:
+    """Apply `key=value` assignments in place; return the dotted keys they set."""
+    overridden = set()
+    for assignment in overrides:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise UserError(f"-s {assignment!r}: expected key=value, e.g. -s optimizer=adam or -s data.archive=PATH")
+        section, _, name = key.rpartition(".")
+        section = section or "train"
+        if section not in SECTIONS:
+            raise UserError(f"-s {assignment}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"-s {assignment}: section {section!r} is not a mapping")
+        raw[section][name] = value
+        overridden.add(f"{section}.{name}")
+    return overridden
+
+
+def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = frozenset()) -> Config:
+    """Validate a nested mapping (a params file, a grid point, a job's JSON) into a `Config`."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"{source}: unknown section {unknown[0]!r}; valid: {', '.join(SECTIONS)}")
+    sections = {}
+    for name, section_type in SECTIONS.items():
+        values = raw.get(name)
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {name!r} missing or not a mapping")
+        sections[name] = section_from_dict(section_type, name, values, source, overridden)
+    return Config(**sections)
+
+
+def section_from_dict(section_type: type, section: str, values: dict, source: str, overridden: set[str]) -> Any:
+    hints = typing.get_type_hints(section_type, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = "-s" if f"{section}.{unknown[0]}" in overridden else source
+        raise UserError(f"{where}: unknown key {section}.{unknown[0]}; valid: {', '.join(fields)}")
+    missing = [name for name in fields if name not in values]
+    if missing:
+        raise UserError(f"{source}: section {section!r} is missing {', '.join(missing)}")
+    checked = {}
+    for name, spec in fields.items():
+        where = "-s" if f"{section}.{name}" in overridden else source
+        label = f"{where}: {section}.{name}={values[name]!r}"
+        checked[name] = check_value(values[name], hints[name], spec.metadata, label)
+    return section_type(**checked)
+
+
+def check_value(value: Any, annotation: Any, constraints: typing.Mapping, label: str) -> Any:
+    """Return the value (ints widened to float where a float is wanted) or raise naming the label."""
+    options = typing.get_args(annotation) if is_union(annotation) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UserError(f"{label}: a value is required ({describe(annotation)})")
+    if float in options and isinstance(value, str) and re.fullmatch(YAML12_FLOAT, value):
+        value = float(value)
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            if value in typing.get_args(option):
+                return value
+        elif matches_type(value, option):
+            value = float(value) if option is float else value
+            check_rule(value, constraints, label)
+            return value
+    raise UserError(f"{label}: expected {describe(annotation)}")
+
+
+def is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def matches_type(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if origin is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in value.items()
+        )
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return expected is not type(None) and isinstance(value, expected)
+
+
+def check_rule(value: Any, constraints: typing.Mapping, label: str) -> None:
+    choices = constraints.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"{label}: valid: {', '.join(choices)}")
+    bounds = [("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt)]
+    for key, symbol, holds in bounds:
+        limit = constraints.get(key)
+        if limit is not None and not holds(value, limit):
+            raise UserError(f"{label}: must be {symbol} {limit}")
+    pattern = constraints.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise UserError(f"{label}: expected {constraints.get('hint') or pattern}")
+
+
+def describe(annotation: Any) -> str:
+    """Human words for a type annotation, for error messages."""
+    if is_union(annotation):
+        return " or ".join(describe(option) for option in typing.get_args(annotation))
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return "a list of strings"
+    if typing.get_origin(annotation) is dict:
+        return "a mapping of names to strings or integers"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(annotation, str(annotation))

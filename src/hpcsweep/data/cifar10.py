@@ -1,0 +1,200 @@
+"""CIFAR-10 in its official python-pickle archive: download, import, read and validate.
+
+Two ways in, one place out (`raw_dir/cifar-10-python.tar.gz`):
+- `download`: the official tarball over HTTP, resumed from a `.part` file after an interrupted
+  transfer, md5-checked before it is renamed into place.
+- `import_archive`: a local archive for offline clusters (or one rebuilt from another copy of the
+  data). Its md5 cannot be the official one, so its whole structure is checked instead.
+
+The reader is our own (not torchvision's) so that imported archives get the same validation, and
+its unpickler accepts nothing but the numpy arrays, lists and strings the format holds: a pickle
+can run arbitrary code, and an archive from a shared folder is not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcsweep.atomic import atomic_file
+from hpcsweep.errors import UserError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SHAPE = (3, 32, 32)
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as N x 3 x 32 x 32 uint8 and their labels as N int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only; any other class is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol 2 stores bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_archive(path: Path) -> dict[str, Split]:
+    """Read and validate every batch of an official-layout archive: {"train": ..., "test": ...}."""
+    members = read_members(Path(path))
+    meta = members[META]
+    names = [as_text(name) for name in meta.get("label_names", [])]
+    if tuple(names) != CLASSES:
+        raise UserError(f"{path}: {FOLDER}/{META} label_names are {names}; expected {list(CLASSES)}")
+    per_batch = meta.get("num_cases_per_batch")
+    if not isinstance(per_batch, int) or per_batch < 1:
+        raise UserError(f"{path}: {FOLDER}/{META} num_cases_per_batch={per_batch!r}; expected a positive integer")
+    train = [check_batch(path, name, members[name], per_batch) for name in TRAIN_BATCHES]
+    test = check_batch(path, TEST_BATCH, members[TEST_BATCH], per_batch)
+    return {
+        "train": Split(np.concatenate([s.images for s in train]), np.concatenate([s.labels for s in train])),
+        "test": test,
+    }
+
+
+def read_members(path: Path) -> dict[str, dict]:
+    """Unpickle the six batches and the meta file; errors name the archive and what is wrong."""
+    wanted = {f"{FOLDER}/{name}": name for name in (*TRAIN_BATCHES, TEST_BATCH, META)}
+    found: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                name = wanted.get(member.name)
+                if name is not None and member.isfile():
+                    found[name] = unpickle(path, name, tar.extractfile(member).read())
+    except FileNotFoundError:
+        raise UserError(f"{path}: archive not found") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise UserError(f"{path}: not a readable cifar-10-python.tar.gz ({error})") from None
+    missing = [f"{FOLDER}/{name}" for name in wanted.values() if name not in found]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)}; expected {', '.join(wanted)}")
+    return found
+
+
+def unpickle(path: Path, name: str, payload: bytes) -> dict:
+    try:
+        # latin1: the official batches are Python 2 pickles of numpy arrays
+        content = ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+    except Exception as error:  # a corrupt pickle can fail in many ways, all the user's data
+        raise UserError(f"{path}: {FOLDER}/{name} is not a valid batch pickle ({error})") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: {FOLDER}/{name} holds {type(content).__name__}; expected a dict")
+    return {as_text(key): value for key, value in content.items()}
+
+
+def as_text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def check_batch(path: Path, name: str, batch: dict, expected_count: int) -> Split:
+    where = f"{path}: {FOLDER}/{name}"
+    data, labels = batch.get("data"), batch.get("labels")
+    row = int(np.prod(IMAGE_SHAPE))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (expected_count, row):
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise UserError(f"{where}: data is {dtype} {shape}; expected uint8 ({expected_count}, {row})")
+    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if labels.shape != (expected_count,):
+        raise UserError(f"{where}: {labels.size} labels for {expected_count} images")
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise UserError(f"{where}: labels range {labels.min()}..{labels.max()}; expected 0..{len(CLASSES) - 1}")
+    return Split(data.reshape(expected_count, *IMAGE_SHAPE), labels)
+
+
+def import_archive(archive: Path, out_dir: Path) -> Path:
+    """Validate a local archive completely, then copy it to `out_dir` atomically."""
+    splits = read_archive(archive)
+    destination = Path(out_dir) / ARCHIVE_NAME
+    with atomic_file(destination) as temporary:
+        shutil.copyfile(archive, temporary)
+    counts = "+".join(str(len(split.labels)) for split in splits.values())
+    print(f"imported {archive} -> {destination}: structure checked ({counts} images), md5 not checked (a local archive)")
+    return destination
+
+
+def download(out_dir: Path, url: str = URL, md5: str = MD5) -> Path:
+    """Fetch the archive, resuming a `.part` left by an interrupted transfer; rename once md5 matches."""
+    destination = Path(out_dir) / ARCHIVE_NAME
+    if destination.is_file() and file_md5(destination) == md5:
+        print(f"{destination} is already there, md5 {md5} checked")
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    try:
+        fetch_resuming(url, partial)
+    except (urllib.error.URLError, OSError) as error:
+        raise UserError(
+            f"could not download {url} ({error}); {partial} is kept and resumed next time; "
+            f"offline? set data.archive to a local {ARCHIVE_NAME}"
+        ) from None
+    actual = file_md5(partial)
+    if actual != md5:
+        partial.unlink()
+        raise UserError(f"{url}: md5 {actual} does not match the expected {md5}; the download was deleted")
+    partial.replace(destination)
+    print(f"downloaded {url} -> {destination}, md5 {md5} checked")
+    return destination
+
+
+def fetch_resuming(url: str, partial: Path) -> None:
+    """Append to `partial` from where it stops; start over if the server ignores the range."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code != 416:  # 416: the part is already complete
+            raise
+        return
+    with response:
+        resumed = response.status == 206
+        expected = int(response.headers.get("Content-Length", -1))
+        received = 0
+        with open(partial, "ab" if resumed else "wb") as out:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+    if 0 <= received < expected:
+        raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

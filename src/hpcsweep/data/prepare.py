@@ -1,0 +1,59 @@
+"""Turn the raw archive into what training reads: uint8 tensors and per-channel statistics.
+
+Training puts `train.pt` and `test.pt` (images N x 3 x 32 x 32 uint8, labels int64) on the
+device once and normalises there with `stats.json`'s mean and std, computed from the train split
+only so that nothing of the test split leaks into training. The folder is built under a
+temporary name and renamed into place: a failed prepare leaves the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpcsweep.atomic import atomic_dir
+from hpcsweep.data.cifar10 import ARCHIVE_NAME, CLASSES, Split, read_archive
+from hpcsweep.errors import UserError
+
+STATS_FILE = "stats.json"
+SPLIT_FILES = {"train": "train.pt", "test": "test.pt"}
+
+
+def prepare(raw_dir: Path, out_dir: Path) -> dict:
+    """Read and validate the archive in `raw_dir`, write tensors and stats to `out_dir`."""
+    archive = Path(raw_dir) / ARCHIVE_NAME
+    if not archive.is_file():
+        raise UserError(f"{archive}: not found; run `hpcsweep download` first (or --raw DIR)")
+    splits = read_archive(archive)
+    stats = {
+        **channel_stats(splits["train"].images),
+        "classes": list(CLASSES),
+        "images": {name: int(len(split.labels)) for name, split in splits.items()},
+    }
+    with atomic_dir(Path(out_dir)) as staging:
+        for name, split in splits.items():
+            save_split(split, staging / SPLIT_FILES[name])
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"prepared {archive} -> {out_dir}: " + ", ".join(f"{n} {c}" for n, c in stats["images"].items()))
+    return stats
+
+
+def channel_stats(images: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], in float64, chunk by chunk."""
+    total = np.zeros(images.shape[1])
+    total_squares = np.zeros(images.shape[1])
+    for start in range(0, len(images), 10_000):
+        chunk = images[start : start + 10_000].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 2, 3))
+        total_squares += np.square(chunk).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(total_squares / count - np.square(mean))
+    return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+
+
+def save_split(split: Split, path: Path) -> None:
+    torch.save({"images": torch.from_numpy(split.images.copy()), "labels": torch.from_numpy(split.labels)}, path)

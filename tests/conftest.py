@@ -1,0 +1,65 @@
+"""Shared fixtures: the project's own params.yaml shrunk for tests, and a synthetic archive.
+
+Tests shrink the real config rather than invent one, so a key renamed in params.yaml breaks
+them. Services a test needs are started by that test's own fixtures; under CI=true a service
+that cannot start is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthetic import write_archive
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HPCSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer's machine that lacks something; fail in CI, where it must be there."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def synthetic_archive(tmp_path_factory) -> Path:
+    return write_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A copy of the project's params.yaml in a temp folder, with data paths inside it."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(raw_dir=str(tmp_path / "data/raw"), prepared_dir=str(tmp_path / "data/prepared"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+@pytest.fixture
+def prepared(project, synthetic_archive) -> Path:
+    """The synthetic archive imported and prepared under `project`; returns the prepared folder."""
+    from hpcsweep.data.cifar10 import import_archive
+    from hpcsweep.data.prepare import prepare
+
+    raw, out = project / "data/raw", project / "data/prepared"
+    import_archive(synthetic_archive, raw)
+    prepare(raw, out)
+    return out
+
+
+def copy_project_sources(destination: Path, *names: str) -> None:
+    """Copy top-level project files (dvc.yaml, src, ...) into a temp repo for end-to-end tests."""
+    for name in names:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / name)

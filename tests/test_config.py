@@ -1,0 +1,115 @@
+"""params.yaml -> Config: defaults, overrides, a stable hash, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from hpcsweep.config import load_config
+from hpcsweep.errors import UserError
+
+PARAMS = ROOT / "params.yaml"
+
+
+def test_project_params_load_with_every_section():
+    config = load_config(PARAMS)
+    assert config.data.archive is None
+    assert config.data.raw_dir == "data/raw" and config.data.prepared_dir == "data/prepared"
+    assert config.train.batch_size >= 1 and config.tracking.experiment
+    assert config.slurm.setup == [] and config.slurm.extra == {}
+
+
+def test_bare_override_names_train_and_dotted_any_section():
+    config = load_config(PARAMS, ["optimizer=adam", "lr=3e-4", "data.archive=/x/a.tar.gz", "slurm.time=1-00:00:00"])
+    assert config.train.optimizer == "adam"
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.data.archive == "/x/a.tar.gz"
+    assert config.slurm.time == "1-00:00:00"
+
+
+def test_override_values_are_yaml_scalars():
+    config = load_config(PARAMS, ["data.archive=null", "nesterov=true", "micro_batch_size=64", "memory_limit_mb=512"])
+    assert config.data.archive is None and config.train.nesterov is True
+    assert config.train.micro_batch_size == 64 and config.train.memory_limit_mb == 512
+
+
+def test_integer_is_accepted_where_a_float_is_expected():
+    assert load_config(PARAMS, ["lr=1"]).train.lr == 1.0
+
+
+def test_params_option_reads_another_file(tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    params["train"]["optimizer"] = "rmsprop"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(params))
+    assert load_config(other).train.optimizer == "rmsprop"
+
+
+def test_hash_ignores_key_order_and_paths_but_not_training_values(tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    reordered = {section: dict(reversed(list(values.items()))) for section, values in reversed(list(params.items()))}
+    other = tmp_path / "reordered.yaml"
+    other.write_text(yaml.safe_dump(reordered, sort_keys=False))
+    base = load_config(PARAMS)
+    assert load_config(other).hash == base.hash
+    assert load_config(PARAMS, ["data.prepared_dir=/elsewhere"]).hash == base.hash
+    assert load_config(PARAMS, ["lr=0.2"]).hash != base.hash
+    assert len({load_config(PARAMS, [f"seed={s}"]).hash for s in range(5)}) == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optimizr=adam", "-s: unknown key train.optimizr; valid: model, optimizer, lr"),
+        ("bogus.key=1", "-s bogus.key=1: unknown section 'bogus'; valid: data, train, tracking, slurm"),
+        ("optimizer=adamm", "-s: train.optimizer='adamm': valid: sgd, adam, adamw, rmsprop, adagrad, lars, lamb"),
+        ("model=resnet7", "-s: train.model='resnet7': valid: "),
+        ("lr=-0.1", "-s: train.lr=-0.1: must be > 0"),
+        ("lr=fast", "-s: train.lr='fast': expected a number"),
+        ("momentum=1.0", "-s: train.momentum=1.0: must be < 1"),
+        ("batch_size=0", "-s: train.batch_size=0: must be >= 1"),
+        ("batch_size=12.5", "-s: train.batch_size=12.5: expected an integer"),
+        ("nesterov=1", "-s: train.nesterov=1: expected true or false"),
+        ("micro_batch_size=big", "-s: train.micro_batch_size='big': expected an integer or 'auto'"),
+        ("micro_batch_size=0", "-s: train.micro_batch_size=0: must be >= 1"),
+        ("precision=fp8", "-s: train.precision='fp8': valid: 32-true, bf16-mixed, 16-mixed"),
+        ("strategy=fsdp", "-s: train.strategy='fsdp': valid: auto, ddp"),
+        ("target_accuracy=1.5", "-s: train.target_accuracy=1.5: must be <= 1"),
+        ("max_epochs=null", "-s: train.max_epochs=None: a value is required (an integer)"),
+        ("data.loader=dali", "-s: data.loader='dali': valid: device, torchvision"),
+        ("slurm.time=2h", "-s: slurm.time='2h': expected [D-]HH:MM:SS"),
+        ("slurm.mem=lots", "-s: slurm.mem='lots': expected a size such as 32G"),
+        ("slurm.setup=module load cuda", "-s: slurm.setup='module load cuda': expected a list of strings"),
+        ("optimizer", "-s 'optimizer': expected key=value"),
+    ],
+)
+def test_bad_override_is_one_line_naming_key_and_valid_values(override, expected):
+    with pytest.raises(UserError) as error:
+        load_config(PARAMS, [override])
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_bad_params_file_errors_name_the_file_and_line(tmp_path):
+    broken = tmp_path / "params.yaml"
+    broken.write_text("data:\n  archive: null\n\traw_dir: data/raw\n")
+    with pytest.raises(UserError, match=rf"{broken}:3: invalid YAML: found character '\\t'"):
+        load_config(broken)
+    with pytest.raises(UserError, match="params file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_missing_and_unknown_keys_in_a_file_are_named(tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    params["tracking"]["colour"] = "blue"
+    other = tmp_path / "params.yaml"
+    other.write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError, match=rf"{other}: unknown key tracking.colour; valid: uri, experiment, system_metrics"):
+        load_config(other)
+    del params["tracking"]["colour"]
+    del params["train"]["seed"]
+    other.write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError, match=rf"{other}: section 'train' is missing seed"):
+        load_config(other)
