@@ -63,3 +63,16 @@ def copy_project_sources(destination: Path, *names: str) -> None:
             shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, destination / name)
+
+
+@pytest.fixture(scope="session")
+def real_archive(tmp_path_factory) -> Path:
+    """The official-layout archive built from ../shared/data with its own script (about 20 s)."""
+    script = SHARED_DATA / "make_cifar10_archive.py"
+    require(script.is_file(), f"the public CIFAR-10 copy is missing: {SHARED_DATA}")
+    archive = tmp_path_factory.mktemp("real") / "cifar-10-python.tar.gz"
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(script), str(SHARED_DATA / "cifar10-jpeg.tar.gz"), str(archive)], check=True)
+    return archive
