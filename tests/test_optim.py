@@ -92,20 +92,20 @@ class NormZoo(nn.Module):
         self.bias_free = nn.Linear(4, 4, bias=False)
 
 
-def group_ids(groups: list[dict]) -> list[set[int]]:
-    return [{id(parameter) for parameter in group["params"]} for group in groups]
+def ids(parameters: list[nn.Parameter]) -> set[int]:
+    return {id(parameter) for parameter in parameters}
 
 
 def test_parameter_groups_exempt_norms_and_biases_from_decay() -> None:
     model = NormZoo()
     decayed, exempt = parameter_groups(model, weight_decay=5e-4, decay_norm_and_bias=False)
     assert decayed["weight_decay"] == 5e-4 and exempt["weight_decay"] == 0.0
-    expected_decayed = {model.conv.weight, model.linear.weight, model.bias_free.weight}
-    assert group_ids([decayed]) == [{id(parameter) for parameter in expected_decayed}]
+    expected_decayed = [model.conv.weight, model.linear.weight, model.bias_free.weight]
+    assert ids(decayed["params"]) == ids(expected_decayed)
     norms = (model.batch_norm, model.group_norm, model.layer_norm)
     expected_exempt = [model.conv.bias, model.linear.bias]
     expected_exempt += [parameter for norm in norms for parameter in norm.parameters()]
-    assert group_ids([exempt]) == [{id(parameter) for parameter in expected_exempt}]
+    assert ids(exempt["params"]) == ids(expected_exempt)
 
 
 def test_parameter_groups_list_every_parameter_exactly_once() -> None:

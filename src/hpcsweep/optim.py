@@ -155,7 +155,7 @@ class Lars(LayerwiseOptimizer):
     def update_parameter(self, parameter: torch.Tensor, group: dict[str, Any]) -> None:
         gradient = parameter.grad
         weight_decay = group["weight_decay"]
-        if True:
+        if weight_decay != 0:
             weight_norm = torch.linalg.vector_norm(parameter)
             gradient_norm = torch.linalg.vector_norm(gradient)
             eta = group["trust_coefficient"]

@@ -88,6 +88,22 @@ class BasicBlock(nn.Module):
         return F.relu(self.residual(x) + self.shortcut(x))
 
 
+def basic_block_stages(
+    stage_widths: tuple[int, ...], blocks_per_stage: tuple[int, ...], shortcut: ShortcutFactory
+) -> nn.Sequential:
+    """The blocks of all stages in order; each stage after the first halves the resolution."""
+    blocks: list[nn.Module] = []
+    in_channels = stage_widths[0]
+    for stage_index, (width, block_count) in enumerate(
+        zip(stage_widths, blocks_per_stage, strict=True)
+    ):
+        for block_index in range(block_count):
+            stride = 2 if stage_index > 0 and block_index == 0 else 1
+            blocks.append(BasicBlock(in_channels, width, stride, shortcut))
+            in_channels = width
+    return nn.Sequential(*blocks)
+
+
 class ResNet(nn.Module):
     """Stem conv, stages of basic blocks (each later stage halves resolution), pool, linear.
 
@@ -104,17 +120,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = conv_bn_relu(3, stage_widths[0])
-        blocks: list[nn.Module] = []
-        in_channels = stage_widths[0]
-        for stage_index, (width, block_count) in enumerate(zip(stage_widths, blocks_per_stage)):
-            first_stride = 1 if stage_index == 0 else 2
-            for block_index in range(block_count):
-                stride = first_stride if block_index == 0 else 1
-                blocks.append(BasicBlock(in_channels, width, stride, shortcut))
-                in_channels = width
-        self.stages = nn.Sequential(*blocks)
+        self.stages = basic_block_stages(stage_widths, blocks_per_stage, shortcut)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(in_channels, num_classes)
+        self.classifier = nn.Linear(stage_widths[-1], num_classes)
         kaiming_init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
