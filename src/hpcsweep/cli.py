@@ -73,3 +73,20 @@ def prepare(config, raw: Path | None, out: Path | None) -> None:
     from hpcsweep.data.prepare import prepare as prepare_data
 
     prepare_data(raw or Path(config.data.raw_dir), out or Path(config.data.prepared_dir))
+
+
+@main.command()
+@click.option("--metrics-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the final figures as JSON here (the DVC train stage's metrics file).")
+@config_options
+def train(config, metrics_out: Path | None) -> None:
+    """Train a ResNet on the prepared CIFAR-10 into one MLflow run (resumes an interrupted one)."""
+    from hpcsweep.tracking import global_rank
+    from hpcsweep.train import train as run_training
+
+    result = run_training(config)
+    if global_rank() == 0:
+        if metrics_out:
+            result.write_json(metrics_out)
+        click.echo(f"run {result.run_id} {result.status}: val/acc {result.val_acc:.4f} after {result.epochs} epochs, "
+                   f"{result.total_time_s:.1f} s")

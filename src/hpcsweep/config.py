@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hpcsweep.batching import per_rank_batch_size, plan_batches
 from hpcsweep.errors import UserError
 from hpcsweep.models import MODEL_NAMES
 from hpcsweep.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
@@ -92,6 +93,7 @@ class TrackingConfig:
     uri: str | None
     experiment: str = rule(pattern=r"\S.*", hint="a non-empty name")
     system_metrics: bool = rule()
+    checkpoint_dir: str = rule(pattern=r"\S.*", hint="a folder")
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,28 @@ def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = fr
         if not isinstance(values, dict):
             raise UserError(f"{source}: section {name!r} missing or not a mapping")
         sections[name] = section_from_dict(section_type, name, values, source, overridden)
+    check_train_consistency(sections["train"], source)
     return Config(**sections)
+
+
+def check_train_consistency(train: TrainConfig, source: str) -> None:
+    """Rules between keys, so that a bad combination fails here and not an hour into a job."""
+    if train.warmup_epochs and train.warmup_epochs >= train.max_epochs:
+        raise UserError(f"{source}: train.warmup_epochs={train.warmup_epochs} must be < max_epochs={train.max_epochs}")
+    if train.nesterov and (train.optimizer != "sgd" or train.momentum == 0):
+        raise UserError(f"{source}: train.nesterov=true needs optimizer=sgd and momentum > 0 "
+                        f"(got optimizer={train.optimizer}, momentum={train.momentum})")
+    world_size = train.devices * train.num_nodes
+    if world_size > 1 and train.strategy != "ddp":
+        raise UserError(f"{source}: devices={train.devices} x num_nodes={train.num_nodes} needs strategy=ddp "
+                        f"(got strategy={train.strategy})")
+    try:
+        if train.micro_batch_size == "auto":
+            per_rank_batch_size(train.batch_size, world_size)
+        else:
+            plan_batches(train.batch_size, world_size, train.micro_batch_size)
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from None
 
 
 def section_from_dict(section_type: type, section: str, values: dict, source: str, overridden: set[str]) -> Any:

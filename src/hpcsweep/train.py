@@ -1,0 +1,152 @@
+"""train(config) -> TrainResult: one training, on any number of ranks, into one MLflow run.
+
+The Lightning Trainer gets the strategy, precision and batching the config names, checkpoints
+(last and best by `val/acc`) in a per-run folder, and the efficiency callback. The folder is
+named after the launcher's MLflow run (MLFLOW_RUN_ID) or else the config hash, so that running
+the same training again after an interruption finds the checkpoint and the run, and resumes
+both. Rank 0 opens and closes the MLflow run; the run's status says how training ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+
+from hpcsweep import tracking
+from hpcsweep.atomic import atomic_file
+from hpcsweep.batching import BatchPlan, per_rank_batch_size, plan_batches
+from hpcsweep.config import Config
+from hpcsweep.data.loader import CIFAR10DataModule
+from hpcsweep.efficiency import EfficiencyMetrics
+from hpcsweep.errors import UserError
+from hpcsweep.module import ResNetModule
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_id: str | None
+    status: str
+    epochs: int
+    val_acc: float | None
+    best_val_acc: float | None
+    val_loss: float | None
+    train_loss: float | None
+    total_time_s: float
+    time_to_target_s: float | None
+    effective_batch_size: int
+    micro_batch_size: int
+    accumulate_grad_batches: int
+
+    def write_json(self, path: Path) -> None:
+        with atomic_file(Path(path)) as temporary:
+            temporary.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def run_dir_for(config: Config) -> Path:
+    return Path(config.tracking.checkpoint_dir) / (os.environ.get("MLFLOW_RUN_ID") or config.hash)
+
+
+def batch_plan(config: Config) -> BatchPlan:
+    train = config.train
+    world_size = train.devices * train.num_nodes
+    if train.micro_batch_size == "auto":
+        return plan_batches(train.batch_size, world_size, per_rank_batch_size(train.batch_size, world_size))
+    return plan_batches(train.batch_size, world_size, train.micro_batch_size)
+
+
+def strategy_for(config: Config):
+    if config.train.strategy != "ddp":
+        return config.train.strategy
+    on_cpu = config.train.accelerator == "cpu" or not torch_cuda_available()
+    return DDPStrategy(process_group_backend="gloo" if on_cpu else "nccl")
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_trainer(config: Config, plan: BatchPlan, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    train = config.train
+    checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True)
+    return L.Trainer(
+        accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
+        strategy=strategy_for(config), precision=train.precision, max_epochs=train.max_epochs,
+        accumulate_grad_batches=plan.accumulate_grad_batches, callbacks=[checkpoints, *callbacks],
+        default_root_dir=run_dir, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=False,
+    )
+
+
+def check_enough_data(config: Config, plan: BatchPlan) -> None:
+    stats = json.loads((Path(config.data.prepared_dir) / "stats.json").read_text())
+    available = min(stats["images"]["train"], config.train.limit_train_samples or stats["images"]["train"])
+    if available < config.train.batch_size:
+        raise UserError(f"train.batch_size={config.train.batch_size} is larger than the {available} training "
+                        f"images (limit_train_samples={config.train.limit_train_samples}): no step could be taken")
+
+
+def train(config: Config) -> TrainResult:
+    """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
+    plan = batch_plan(config)
+    stats_path = Path(config.data.prepared_dir) / "stats.json"
+    if not stats_path.is_file():
+        raise UserError(f"{stats_path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")
+    check_enough_data(config, plan)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    run_dir = run_dir_for(config)
+    is_rank_zero = tracking.global_rank() == 0
+    run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
+    monitor = tracking.node_monitor(config, run_id)
+    efficiency = EfficiencyMetrics(config.train.target_accuracy)
+    trainer = build_trainer(config, plan, run_dir, [efficiency])
+    datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader,
+                                   micro_batch_size=plan.micro_batch_size, seed=config.train.seed,
+                                   limit_train_samples=config.train.limit_train_samples)
+    last = run_dir / LAST_CHECKPOINT
+    status = "FAILED"
+    try:
+        trainer.fit(ResNetModule.from_config(config.train), datamodule=datamodule,
+                    ckpt_path=str(last) if last.is_file() else None)
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        if monitor:
+            monitor.finish()
+        result = collect_result(run_id, status, trainer, efficiency, plan)
+        if is_rank_zero:
+            tracking.finish_run(run_dir, status, final_metrics(result), sorted(run_dir.glob("*.ckpt")))
+    return result
+
+
+def collect_result(run_id, status: str, trainer: L.Trainer, efficiency: EfficiencyMetrics, plan: BatchPlan) -> TrainResult:
+    def metric(name: str) -> float | None:
+        value = trainer.callback_metrics.get(name)
+        return float(value) if value is not None else None
+
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    return TrainResult(
+        run_id=run_id, status=status, epochs=trainer.current_epoch, val_acc=metric("val/acc"),
+        best_val_acc=float(best) if best is not None else None, val_loss=metric("val/loss"),
+        train_loss=metric("train/loss"), total_time_s=efficiency.total_time_s,
+        time_to_target_s=efficiency.time_to_target_s, effective_batch_size=plan.batch_size,
+        micro_batch_size=plan.micro_batch_size, accumulate_grad_batches=plan.accumulate_grad_batches,
+    )
+
+
+def final_metrics(result: TrainResult) -> dict[str, float]:
+    figures = {"total_time_s": result.total_time_s, "best_val_acc": result.best_val_acc,
+               "effective_batch_size": result.effective_batch_size, "micro_batch_size": result.micro_batch_size,
+               "accumulate_grad_batches": result.accumulate_grad_batches}
+    return {name: float(value) for name, value in figures.items() if value is not None}
