@@ -76,3 +76,12 @@ def real_archive(tmp_path_factory) -> Path:
 
     subprocess.run([sys.executable, str(script), str(SHARED_DATA / "cifar10-jpeg.tar.gz"), str(archive)], check=True)
     return archive
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory) -> str:
+    """One real MLflow tracking server for the whole session; tests use their own experiments."""
+    from services import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri

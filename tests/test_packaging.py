@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -59,3 +60,14 @@ def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
                               cwd=project, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "data/prepared/stats.json").is_file()
+
+
+def test_mlproject_train_parameters_are_every_train_key_with_params_yaml_defaults():
+    from hpcsweep.config import load_config
+
+    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train"]
+    defaults = load_config(ROOT / "params.yaml").train
+    assert list(entry["parameters"]) == [f.name for f in dataclasses.fields(defaults)]
+    for name, spec in entry["parameters"].items():
+        assert yaml.safe_load(str(spec["default"])) == getattr(defaults, name), name
+        assert f"-s {name}={{{name}}}" in entry["command"], name

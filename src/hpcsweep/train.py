@@ -22,6 +22,7 @@ from hpcsweep import tracking
 from hpcsweep.atomic import atomic_file
 from hpcsweep.batching import BatchPlan, per_rank_batch_size, plan_batches
 from hpcsweep.config import Config
+from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.efficiency import EfficiencyMetrics
 from hpcsweep.errors import UserError
@@ -108,7 +109,7 @@ def train(config: Config) -> TrainResult:
     run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
     monitor = tracking.node_monitor(config, run_id)
     efficiency = EfficiencyMetrics(config.train.target_accuracy)
-    trainer = build_trainer(config, plan, run_dir, [efficiency])
+    trainer = build_trainer(config, plan, run_dir, [efficiency, DataCoverage()])
     datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader,
                                    micro_batch_size=plan.micro_batch_size, seed=config.train.seed,
                                    limit_train_samples=config.train.limit_train_samples)

@@ -83,6 +83,10 @@ class DeviceLoader:
             order = torch.arange(count)
         return order[self.rank :: self.world_size]
 
+    def served_indices(self) -> torch.Tensor:
+        """The samples this rank has served so far in the current epoch."""
+        return self.shard()[: self.batches_done * self.batch_size]
+
     def __len__(self) -> int:
         size = len(self.shard())
         return size // self.batch_size if self.train else -(-size // self.batch_size)
