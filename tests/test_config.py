@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
 from conftest import ROOT
-from hpcsweep.config import load_config
+from hpcsweep.config import TrainConfig, load_config
 from hpcsweep.errors import UserError
 
 PARAMS = ROOT / "params.yaml"
@@ -113,3 +115,35 @@ def test_missing_and_unknown_keys_in_a_file_are_named(tmp_path):
     other.write_text(yaml.safe_dump(params))
     with pytest.raises(UserError, match=rf"{other}: section 'train' is missing seed"):
         load_config(other)
+
+
+BAD_TRAIN_VALUES = {
+    "model": "resnet7", "optimizer": "adamm", "lr": 0, "momentum": -0.1, "nesterov": "maybe",
+    "weight_decay": -1, "decay_norm_and_bias": 2, "scheduler": "linear", "warmup_epochs": -1,
+    "lr_scaling": "cubic", "base_batch_size": 0, "batch_size": -8, "micro_batch_size": "half",
+    "memory_limit_mb": 0, "memory_margin": 1.0, "max_epochs": 0, "precision": "fp8",
+    "accelerator": "tpu", "strategy": "fsdp", "devices": 0, "num_nodes": 0, "seed": -1,
+    "limit_train_samples": 0, "target_accuracy": 0,
+}
+
+CONTRADICTIONS = [
+    (["warmup_epochs=2", "max_epochs=2"], "warmup_epochs=2.0 must be < max_epochs=2"),
+    (["nesterov=true", "optimizer=adam"], "nesterov=true needs optimizer=sgd and momentum > 0"),
+    (["devices=2"], "devices=2 x num_nodes=1 needs strategy=ddp"),
+    (["strategy=ddp", "devices=3", "batch_size=128"], "batch_size=128 cannot be split over 3 ranks"),
+    (["micro_batch_size=48", "batch_size=128"], "micro_batch_size=48 must divide the per-rank batch 128"),
+]
+
+
+def test_every_train_key_has_a_rejected_bad_value():
+    assert set(BAD_TRAIN_VALUES) == {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in BAD_TRAIN_VALUES.items():
+        with pytest.raises(UserError, match=rf"^-s: train\.{key}="):
+            load_config(PARAMS, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize(("assignments", "expected"), CONTRADICTIONS)
+def test_contradicting_keys_are_refused_before_training(assignments, expected):
+    with pytest.raises(UserError) as error:
+        load_config(PARAMS, assignments)
+    assert expected in str(error.value)

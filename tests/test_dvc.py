@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,20 +15,28 @@ from conftest import copy_project_sources
 
 pytestmark = pytest.mark.slow
 
+TINY_TRAINING = {"max_epochs": 1, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
+
 
 def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
 
+def edit_params(repo: Path, section: str, **values) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture
 def repo(tmp_path, synthetic_archive) -> Path:
-    copy_project_sources(tmp_path, "dvc.yaml", "params.yaml", "src")
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["data"]["archive"] = str(synthetic_archive)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_project_sources(tmp_path, "dvc.yaml", "params.yaml", "src", ".dvcignore")
+    edit_params(tmp_path, "data", archive=str(synthetic_archive))
+    edit_params(tmp_path, "train", **TINY_TRAINING)
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
     run(["git", "add", "-A"], tmp_path)
@@ -35,29 +44,30 @@ def repo(tmp_path, synthetic_archive) -> Path:
     return tmp_path
 
 
-def test_repro_prepares_the_data_and_a_second_repro_does_nothing(repo):
+def test_repro_runs_every_stage_once_and_a_second_repro_does_nothing(repo):
     first = run(["dvc", "repro"], repo)
-    assert "Running stage 'download'" in first and "Running stage 'prepare'" in first
-    assert (repo / "data/prepared/train.pt").is_file() and (repo / "data/prepared/stats.json").is_file()
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "prepare"}
+    for stage in ("download", "prepare", "train"):
+        assert f"Running stage '{stage}'" in first, stage
+    assert (repo / "data/prepared/train.pt").is_file()
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["status"] == "FINISHED" and metrics["epochs"] == 1
+    assert "val_acc" in run(["dvc", "metrics", "show"], repo)
     second = run(["dvc", "repro"], repo)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo)
 
 
-def test_a_train_param_change_does_not_rerun_the_data_stages(repo):
+def test_a_train_param_change_reruns_only_train(repo):
     run(["dvc", "repro"], repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["lr"] = 0.05
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "Running stage" not in run(["dvc", "repro"], repo)
+    edit_params(repo, "train", lr=0.05)
+    out = run(["dvc", "repro"], repo)
+    assert "Running stage 'train'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
 
 
-def test_editing_the_prepare_source_reruns_only_prepare(repo):
-    run(["dvc", "repro"], repo)
+def test_editing_the_prepare_source_reruns_prepare_but_not_download(repo):
+    run(["dvc", "repro", "prepare"], repo)
     with open(repo / "src/hpcsweep/data/prepare.py", "a") as source:
         source.write("\n# touched\n")
-    out = run(["dvc", "repro"], repo)
+    out = run(["dvc", "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
-

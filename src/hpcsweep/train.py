@@ -105,7 +105,12 @@ def train(config: Config) -> TrainResult:
     check_enough_data(config, plan)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     run_dir = run_dir_for(config)
+    last = run_dir / LAST_CHECKPOINT
+    resume = last.is_file() and tracking.resumable_run_id(run_dir) is not None
     is_rank_zero = tracking.global_rank() == 0
+    if is_rank_zero and not resume:
+        for stale in run_dir.glob("*.ckpt"):  # a finished run's: Lightning would number new ones best-v1
+            stale.unlink()
     run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
     monitor = tracking.node_monitor(config, run_id)
     efficiency = EfficiencyMetrics(config.train.target_accuracy)
@@ -113,11 +118,10 @@ def train(config: Config) -> TrainResult:
     datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader,
                                    micro_batch_size=plan.micro_batch_size, seed=config.train.seed,
                                    limit_train_samples=config.train.limit_train_samples)
-    last = run_dir / LAST_CHECKPOINT
     status = "FAILED"
     try:
         trainer.fit(ResNetModule.from_config(config.train), datamodule=datamodule,
-                    ckpt_path=str(last) if last.is_file() else None)
+                    ckpt_path=str(last) if resume else None)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
