@@ -79,6 +79,20 @@ def real_archive(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_project(real_archive, tmp_path_factory) -> Path:
+    """A project folder whose data/prepared holds the real CIFAR-10, imported and prepared by the CLI."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("real-project")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["download", "--archive", str(real_archive)], ["prepare"]):
+        subprocess.run([sys.executable, "-m", "hpcsweep", *command], cwd=folder, check=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory) -> str:
     """One real MLflow tracking server for the whole session; tests use their own experiments."""
     from services import mlflow_server

@@ -26,11 +26,7 @@ STD = [0.25, 0.24, 0.26]
 TOLERANCE = 1e-6
 
 
-def random_images(count: int = COUNT, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-IMAGES = random_images()
+IMAGES = torch.randint(0, 256, (COUNT, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 INDICES = torch.arange(COUNT)  # used as labels: a served label names its source image
 
 
@@ -50,10 +46,10 @@ def assert_same_batches(first, second) -> None:
         assert torch.equal(images_a, images_b)
 
 
-def reference_normalised(images: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+def reference_normalised(images: torch.Tensor) -> torch.Tensor:
     """(uint8 / 255 - mean) / std, in float64 so the only error left is the loader's."""
-    mean = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
     return (images.double() / 255 - mean) / std
 
 
@@ -201,7 +197,7 @@ def test_torchvision_eval_batches_match_the_device_loader(prepared):
     device_images, device_labels = next(iter(device))
     torchvision_images, torchvision_labels = torchvision_batch(prepared, train=False, count=64)
     assert torchvision_images.dtype == torch.float32 and torchvision_images.shape == device_images.shape
-    assert torch.equal(torchvision_labels, device_labels)
+    assert torchvision_labels.dtype == torch.int64 and torch.equal(torchvision_labels, device_labels)
     torch.testing.assert_close(torchvision_images, device_images, rtol=0, atol=TOLERANCE)
 
 

@@ -1,0 +1,193 @@
+"""Is feeding still a cost? Loader throughput against training throughput, and Lightning's overhead.
+
+The device-resident loader exists so that loading never limits training, and training goes
+through Lightning for checkpoints, DDP and logging, which must not cost speed. This script puts
+numbers on both claims, on the machine it runs on, in one process, on the CPU:
+
+  (a) the device-resident loader alone (train=True, batch 512), full epochs of the train split;
+  (b) the torchvision DataLoader path (per-image transforms, batch 512, 2 workers), the same;
+  (c) a one-epoch training of resnet20 through `hpcsweep.train.train` (Lightning), batch 128,
+      read from the `train/images_per_s` metric it logs to MLflow (training steps only, no
+      validation, no checkpointing);
+  (d) a plain PyTorch loop over the same model, loader, optimizer and schedule, same samples.
+
+Every figure is the median of several repeats; (c) and (d) alternate so that drift in the
+machine's load hits both alike. Goals: (a) >= 20 x (c), and (c) >= 0.95 x (d).
+
+    .venv/bin/python benchmarks/loader_vs_training.py --prepared data/prepared --train-samples 2048
+
+Not a test: run it by hand on an otherwise idle machine (it prints the load average) and copy
+the figures into benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import mlflow
+import torch
+import torch.nn.functional as F
+
+from hpcsweep.config import Config, load_config
+from hpcsweep.data.loader import CIFAR10DataModule, DeviceLoader, load_split, load_stats
+from hpcsweep.models import build_model
+from hpcsweep.optim import build_optimizer, build_scheduler, parameter_groups, scaled_lr
+from hpcsweep.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADER_BATCH = 512
+TRAIN_BATCH = 128
+WORKERS = 2  # the development machine's cores; the data module's default
+LOADER_GOAL = 20.0  # loader alone at least 20x faster than training
+LIGHTNING_GOAL = 0.95  # Lightning within 5% of the plain loop
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
+                        help="a prepared folder (train.pt, test.pt, stats.json); default data/prepared")
+    parser.add_argument("--train-samples", type=int, default=2048,
+                        help="training samples per timed training epoch, (c) and (d); default 2048")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
+                        help="the params file the training config starts from; default the project's")
+    parser.add_argument("--loader-repeats", type=int, default=5, help="epochs timed for (a) and (b)")
+    parser.add_argument("--train-repeats", type=int, default=3, help="trainings timed for (c) and (d)")
+    return parser.parse_args()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def images_per_s_of_epochs(loader: Iterable, repeats: int) -> list[float]:
+    """Throughput of `repeats` consecutive full epochs; the first carries any start-up cost."""
+    figures = []
+    for _ in range(repeats):
+        started, images = time.perf_counter(), 0
+        for _, labels in loader:
+            images += len(labels)
+        figures.append(images / (time.perf_counter() - started))
+    return figures
+
+
+def device_loader(prepared: Path, limit: int | None, batch_size: int, seed: int) -> DeviceLoader:
+    images, labels = load_split(prepared, "train", limit)
+    return DeviceLoader(images, labels, *load_stats(prepared), batch_size=batch_size, train=True, seed=seed)
+
+
+def torchvision_loader(prepared: Path, batch_size: int) -> Iterable:
+    """The data module's own torchvision path, so the benchmark measures what training would use."""
+    datamodule = CIFAR10DataModule(str(prepared), loader="torchvision", micro_batch_size=batch_size, seed=0,
+                                   workers=WORKERS)
+    datamodule.setup("fit")
+    return datamodule.train_dataloader()
+
+
+def training_config(args: argparse.Namespace, workdir: Path, repeat: int) -> Config:
+    """One CPU epoch of resnet20 with SGD; a fresh checkpoint folder, or train() would resume."""
+    overrides = [
+        f"data.prepared_dir={args.prepared.resolve()}", "data.loader=device", "model=resnet20", "optimizer=sgd",
+        "momentum=0.9", "nesterov=false", f"batch_size={TRAIN_BATCH}", f"micro_batch_size={TRAIN_BATCH}",
+        f"limit_train_samples={args.train_samples}", "max_epochs=1", "warmup_epochs=0", "accelerator=cpu",
+        "devices=1", "num_nodes=1", "strategy=auto", "precision=32-true",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"tracking.checkpoint_dir={workdir / f'run-{repeat}'}",
+        "tracking.experiment=loader-vs-training", "tracking.system_metrics=false",
+    ]
+    return load_config(args.params, overrides)
+
+
+def lightning_images_per_s(config: Config) -> float:
+    result = train(config)
+    metrics = mlflow.get_run(result.run_id).data.metrics
+    if "train/images_per_s" not in metrics:
+        raise SystemExit(f"run {result.run_id} logged no train/images_per_s; metrics: {sorted(metrics)}")
+    return metrics["train/images_per_s"]
+
+
+def plain_images_per_s(config: Config) -> float:
+    """What `ResNetModule` and Lightning do per step, written out, timed like the efficiency callback."""
+    settings = config.train
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model).to(memory_format=torch.channels_last)
+    loader = device_loader(Path(config.data.prepared_dir), settings.limit_train_samples, TRAIN_BATCH,
+                           settings.seed)
+    groups = parameter_groups(model, settings.weight_decay, settings.decay_norm_and_bias)
+    for group in groups:
+        group["lr"] = scaled_lr(settings.lr, settings.batch_size, settings.base_batch_size, settings.lr_scaling)
+    optimizer = build_optimizer(groups, settings.optimizer, settings.lr, settings.momentum, settings.nesterov,
+                                settings.weight_decay)
+    scheduler = build_scheduler(optimizer, settings.scheduler, len(loader), 0)
+    model.train()
+    started, images = time.perf_counter(), 0
+    for batch_images, labels in loader:
+        loss = F.cross_entropy(model(batch_images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        images += len(labels)
+    return images / (time.perf_counter() - started)
+
+
+def alternate(measures: dict[str, Callable[[int], float]], repeats: int) -> dict[str, list[float]]:
+    """Run the measures in turn, `repeats` rounds, so a change in load falls on all of them."""
+    figures: dict[str, list[float]] = {name: [] for name in measures}
+    for repeat in range(repeats):
+        for name, measure in measures.items():
+            figures[name].append(measure(repeat))
+    return figures
+
+
+def report(label: str, figures: list[float]) -> float:
+    median = statistics.median(figures)
+    print(f"{label:<58} median {median:>10,.0f} images/s   runs: {', '.join(f'{f:,.0f}' for f in figures)}")
+    return median
+
+
+def verdict(label: str, ratio: float, goal: float) -> None:
+    print(f"{label:<58} {ratio:>10.2f}   goal >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}")
+
+
+def main() -> None:
+    args = parse_args()
+    # Lightning's per-fit banner and MLflow's migrations would bury the figures; a level set on
+    # their loggers does not hold (pytorch_lightning resets its own to INFO when first imported)
+    logging.disable(logging.INFO)
+    train_images = len(load_split(args.prepared, "train")[1])
+    # a small synthetic split has no full batch of 512, and train loaders drop partial batches
+    loader_batch = min(LOADER_BATCH, train_images)
+    print(f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")
+    print(f"data {args.prepared.resolve()}: {train_images} train images; training on "
+          f"{min(args.train_samples, train_images)} of them\n")
+    loader_alone = report(f"(a) device loader, batch {loader_batch}, CPU",
+                          images_per_s_of_epochs(device_loader(args.prepared, None, loader_batch, 0),
+                                                 args.loader_repeats))
+    torchvision = report(f"(b) torchvision DataLoader, batch {loader_batch}, {WORKERS} workers",
+                         images_per_s_of_epochs(torchvision_loader(args.prepared, loader_batch), args.loader_repeats))
+    with tempfile.TemporaryDirectory(prefix="loader-vs-training-") as workdir:
+        config = lambda repeat: training_config(args, Path(workdir), repeat)  # noqa: E731
+        training = alternate({"lightning": lambda repeat: lightning_images_per_s(config(repeat)),
+                              "plain": lambda repeat: plain_images_per_s(config(repeat))}, args.train_repeats)
+    lightning = report(f"(c) train() with Lightning, resnet20, batch {TRAIN_BATCH}", training["lightning"])
+    plain = report(f"(d) plain PyTorch loop, resnet20, batch {TRAIN_BATCH}", training["plain"])
+    print()
+    verdict("loader alone / training (a / c)", loader_alone / lightning, LOADER_GOAL)
+    print(f"{'device loader / torchvision loader (a / b)':<58} {loader_alone / torchvision:>10.2f}")
+    verdict("Lightning / plain loop (c / d)", lightning / plain, LIGHTNING_GOAL)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
