@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# The DVC pipeline: download (or import data.archive) -> prepare.
+# The DVC pipeline: download (or import data.archive) -> prepare -> train the params.yaml config.
 run: $(INSTALLED)
 	dvc repro
 

@@ -121,3 +121,16 @@ def test_training_before_prepare_says_what_to_run(project, tracking_server, expe
     done = hpcsweep(["train", *overrides(f"tracking.experiment={experiment}")], project, tracking_server)
     assert done.returncode == 1 and "run `hpcsweep prepare` first" in done.stderr
     assert runs_of(tracking_server, experiment) == []
+
+
+def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, tracking_server, experiment):
+    project = prepared.parent.parent
+    args = [sys.executable, "-m", "hpcsweep", "train",
+            *overrides(*QUICK, "max_epochs=2", "batch_size=10", "base_batch_size=10",
+                       "tracking.system_metrics=true", f"tracking.experiment={experiment}")]
+    env = environment(tracking_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [run] = runs_of(tracking_server, experiment)
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -96,8 +97,19 @@ def check_enough_data(config: Config, plan: BatchPlan) -> None:
                         f"images (limit_train_samples={config.train.limit_train_samples}): no step could be taken")
 
 
+def quiet_known_warnings() -> None:
+    """Silence advice that does not apply here, so that real warnings stand out in job logs."""
+    for message in (
+        r".*when logging on epoch level in distributed setting.*",  # rank-0 figures, logged on purpose
+        r"Checkpoint directory .* exists and is not empty",  # ours: it holds run.json
+        r".*isinstance\(treespec, LeafSpec\)",  # inside Lightning
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def train(config: Config) -> TrainResult:
     """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
+    quiet_known_warnings()
     plan = batch_plan(config)
     stats_path = Path(config.data.prepared_dir) / "stats.json"
     if not stats_path.is_file():
