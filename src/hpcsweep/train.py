@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from hpcsweep import tracking
 from hpcsweep.atomic import atomic_file
-from hpcsweep.batching import BatchPlan, per_rank_batch_size, plan_batches
+from hpcsweep.batching import per_rank_batch_size
 from hpcsweep.config import Config
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
@@ -44,8 +44,11 @@ class TrainResult:
     total_time_s: float
     time_to_target_s: float | None
     effective_batch_size: int
-    micro_batch_size: int
-    accumulate_grad_batches: int
+    micro_batch_size: int | None
+    accumulate_grad_batches: int | None
+    oom_retries: int
+    probe_time_s: float | None
+    step_memory_mb: float | None
 
     def write_json(self, path: Path) -> None:
         with atomic_file(Path(path)) as temporary:
@@ -54,14 +57,6 @@ class TrainResult:
 
 def run_dir_for(config: Config) -> Path:
     return Path(config.tracking.checkpoint_dir) / (os.environ.get("MLFLOW_RUN_ID") or config.hash)
-
-
-def batch_plan(config: Config) -> BatchPlan:
-    train = config.train
-    world_size = train.devices * train.num_nodes
-    if train.micro_batch_size == "auto":
-        return plan_batches(train.batch_size, world_size, per_rank_batch_size(train.batch_size, world_size))
-    return plan_batches(train.batch_size, world_size, train.micro_batch_size)
 
 
 def strategy_for(config: Config):
@@ -77,19 +72,19 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def build_trainer(config: Config, plan: BatchPlan, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     train = config.train
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True)
     return L.Trainer(
         accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
         strategy=strategy_for(config), precision=train.precision, max_epochs=train.max_epochs,
-        accumulate_grad_batches=plan.accumulate_grad_batches, callbacks=[checkpoints, *callbacks],
+        callbacks=[checkpoints, *callbacks],
         default_root_dir=run_dir, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False,
     )
 
 
-def check_enough_data(config: Config, plan: BatchPlan) -> None:
+def check_enough_data(config: Config) -> None:
     stats = json.loads((Path(config.data.prepared_dir) / "stats.json").read_text())
     available = min(stats["images"]["train"], config.train.limit_train_samples or stats["images"]["train"])
     if available < config.train.batch_size:
@@ -110,11 +105,12 @@ def quiet_known_warnings() -> None:
 def train(config: Config) -> TrainResult:
     """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
     quiet_known_warnings()
-    plan = batch_plan(config)
+    world_size = config.train.devices * config.train.num_nodes
+    per_rank = per_rank_batch_size(config.train.batch_size, world_size)
     stats_path = Path(config.data.prepared_dir) / "stats.json"
     if not stats_path.is_file():
         raise UserError(f"{stats_path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")
-    check_enough_data(config, plan)
+    check_enough_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     run_dir = run_dir_for(config)
     last = run_dir / LAST_CHECKPOINT
@@ -126,13 +122,13 @@ def train(config: Config) -> TrainResult:
     run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
     monitor = tracking.node_monitor(config, run_id)
     efficiency = EfficiencyMetrics(config.train.target_accuracy)
-    trainer = build_trainer(config, plan, run_dir, [efficiency, DataCoverage()])
-    datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader,
-                                   micro_batch_size=plan.micro_batch_size, seed=config.train.seed,
-                                   limit_train_samples=config.train.limit_train_samples)
+    trainer = build_trainer(config, run_dir, [efficiency, DataCoverage()])
+    datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader, batch_size=per_rank,
+                                   seed=config.train.seed, limit_train_samples=config.train.limit_train_samples)
+    module = ResNetModule.from_config(config.train)
     status = "FAILED"
     try:
-        trainer.fit(ResNetModule.from_config(config.train), datamodule=datamodule,
+        trainer.fit(module, datamodule=datamodule,
                     ckpt_path=str(last) if resume else None)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
@@ -141,13 +137,14 @@ def train(config: Config) -> TrainResult:
     finally:
         if monitor:
             monitor.finish()
-        result = collect_result(run_id, status, trainer, efficiency, plan)
+        result = collect_result(run_id, status, trainer, module, efficiency)
         if is_rank_zero:
             tracking.finish_run(run_dir, status, final_metrics(result), sorted(run_dir.glob("*.ckpt")))
     return result
 
 
-def collect_result(run_id, status: str, trainer: L.Trainer, efficiency: EfficiencyMetrics, plan: BatchPlan) -> TrainResult:
+def collect_result(run_id, status: str, trainer: L.Trainer, module: ResNetModule,
+                   efficiency: EfficiencyMetrics) -> TrainResult:
     def metric(name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
         return float(value) if value is not None else None
@@ -157,13 +154,16 @@ def collect_result(run_id, status: str, trainer: L.Trainer, efficiency: Efficien
         run_id=run_id, status=status, epochs=trainer.current_epoch, val_acc=metric("val/acc"),
         best_val_acc=float(best) if best is not None else None, val_loss=metric("val/loss"),
         train_loss=metric("train/loss"), total_time_s=efficiency.total_time_s,
-        time_to_target_s=efficiency.time_to_target_s, effective_batch_size=plan.batch_size,
-        micro_batch_size=plan.micro_batch_size, accumulate_grad_batches=plan.accumulate_grad_batches,
+        time_to_target_s=efficiency.time_to_target_s, effective_batch_size=module.config.batch_size,
+        micro_batch_size=module.micro_batch_size,
+        accumulate_grad_batches=module.accumulate_grad_batches if module.micro_batch_size else None,
+        oom_retries=module.oom_retries, probe_time_s=module.probe.probe_time_s if module.probe else None,
+        step_memory_mb=module.probe.step_memory_mb if module.probe else None,
     )
 
 
 def final_metrics(result: TrainResult) -> dict[str, float]:
     figures = {"total_time_s": result.total_time_s, "best_val_acc": result.best_val_acc,
-               "effective_batch_size": result.effective_batch_size, "micro_batch_size": result.micro_batch_size,
-               "accumulate_grad_batches": result.accumulate_grad_batches}
+               "effective_batch_size": result.effective_batch_size, "probe_time_s": result.probe_time_s,
+               "step_memory_mb": result.step_memory_mb}
     return {name: float(value) for name, value in figures.items() if value is not None}

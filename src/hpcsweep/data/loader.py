@@ -138,11 +138,12 @@ class TorchvisionSplit(Dataset):
 class CIFAR10DataModule(L.LightningDataModule):
     """Prepared CIFAR-10 as Lightning dataloaders, on the device or through torchvision."""
 
-    def __init__(self, prepared_dir: str, *, loader: str, micro_batch_size: int, seed: int,
+    def __init__(self, prepared_dir: str, *, loader: str, batch_size: int, seed: int,
                  limit_train_samples: int | None = None, workers: int = 2) -> None:
+        """`batch_size` is this rank's share of the effective batch; the module splits it into micro-batches."""
         super().__init__()
         self.prepared_dir, self.loader, self.seed = Path(prepared_dir), loader, seed
-        self.micro_batch_size, self.limit, self.workers = micro_batch_size, limit_train_samples, workers
+        self.batch_size, self.limit, self.workers = batch_size, limit_train_samples, workers
 
     def setup(self, stage: str) -> None:
         self.mean, self.std = load_stats(self.prepared_dir)
@@ -152,12 +153,12 @@ class CIFAR10DataModule(L.LightningDataModule):
     def device_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DeviceLoader:
         device = self.trainer.strategy.root_device
         images, labels = (t.to(device) for t in split)
-        return DeviceLoader(images, labels, self.mean, self.std, batch_size=self.micro_batch_size, train=train,
+        return DeviceLoader(images, labels, self.mean, self.std, batch_size=self.batch_size, train=train,
                             seed=self.seed, rank=self.trainer.global_rank, world_size=self.trainer.world_size)
 
     def torchvision_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DataLoader:
         dataset = TorchvisionSplit(*split, self.mean, self.std, train)
-        return DataLoader(dataset, batch_size=self.micro_batch_size, shuffle=train, drop_last=train,
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
                           num_workers=self.workers, persistent_workers=self.workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 
