@@ -11,8 +11,8 @@ numbers on both claims, on the machine it runs on, in one process, on the CPU:
       validation, no checkpointing);
   (d) a plain PyTorch loop over the same model, loader, optimizer and schedule, same samples.
 
-Every figure is the median of several repeats; (c) and (d) alternate so that drift in the
-machine's load hits both alike. Goals: (a) >= 20 x (c), and (c) >= 0.95 x (d).
+Every figure is the median of several repeats; (c) and (d) follow one untimed warm-up epoch and
+alternate, so that drift in the machine's load hits both alike. Goals: (a) >= 20 x (c), and (c) >= 0.95 x (d).
 
     .venv/bin/python benchmarks/loader_vs_training.py --prepared data/prepared --train-samples 2048
 
@@ -88,7 +88,7 @@ def device_loader(prepared: Path, limit: int | None, batch_size: int, seed: int)
 
 def torchvision_loader(prepared: Path, batch_size: int) -> Iterable:
     """The data module's own torchvision path, so the benchmark measures what training would use."""
-    datamodule = CIFAR10DataModule(str(prepared), loader="torchvision", micro_batch_size=batch_size, seed=0,
+    datamodule = CIFAR10DataModule(str(prepared), loader="torchvision", batch_size=batch_size, seed=0,
                                    workers=WORKERS)
     datamodule.setup("fit")
     return datamodule.train_dataloader()
@@ -150,13 +150,41 @@ def alternate(measures: dict[str, Callable[[int], float]], repeats: int) -> dict
 
 
 def report(label: str, figures: list[float]) -> float:
+    """Print the median and the runs; the load average (this process's own threads included)
+    shows whether other work shared the CPUs meanwhile."""
     median = statistics.median(figures)
-    print(f"{label:<58} median {median:>10,.0f} images/s   runs: {', '.join(f'{f:,.0f}' for f in figures)}")
+    print(f"{label:<58} median {median:>8,.0f} images/s   runs: {', '.join(f'{f:,.0f}' for f in figures)}"
+          f"   (load {os.getloadavg()[0]:.1f})")
     return median
 
 
 def verdict(label: str, ratio: float, goal: float) -> None:
     print(f"{label:<58} {ratio:>10.2f}   goal >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}")
+
+
+def measure_loaders(args: argparse.Namespace, train_images: int) -> tuple[float, float]:
+    """Medians of (a) and (b)."""
+    # a small synthetic split has no full batch of 512, and train loaders drop partial batches
+    batch = min(LOADER_BATCH, train_images)
+    device = report(f"(a) device loader, batch {batch}, CPU",
+                    images_per_s_of_epochs(device_loader(args.prepared, None, batch, 0), args.loader_repeats))
+    torchvision = report(f"(b) torchvision DataLoader, batch {batch}, {WORKERS} workers",
+                         images_per_s_of_epochs(torchvision_loader(args.prepared, batch), args.loader_repeats))
+    return device, torchvision
+
+
+def measure_training(args: argparse.Namespace) -> tuple[float, float]:
+    """Medians of (c) and (d)."""
+    with tempfile.TemporaryDirectory(prefix="loader-vs-training-") as workdir:
+        def config(repeat: int) -> Config:
+            return training_config(args, Path(workdir), repeat)
+
+        # the first training in a process pays for kernel selection and allocator growth: untimed
+        plain_images_per_s(config(-1))
+        figures = alternate({"lightning": lambda repeat: lightning_images_per_s(config(repeat)),
+                             "plain": lambda repeat: plain_images_per_s(config(repeat))}, args.train_repeats)
+    return (report(f"(c) train() with Lightning, resnet20, batch {TRAIN_BATCH}", figures["lightning"]),
+            report(f"(d) plain PyTorch loop, resnet20, batch {TRAIN_BATCH}", figures["plain"]))
 
 
 def main() -> None:
@@ -165,28 +193,20 @@ def main() -> None:
     # their loggers does not hold (pytorch_lightning resets its own to INFO when first imported)
     logging.disable(logging.INFO)
     train_images = len(load_split(args.prepared, "train")[1])
-    # a small synthetic split has no full batch of 512, and train loaders drop partial batches
-    loader_batch = min(LOADER_BATCH, train_images)
     print(f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")
     print(f"data {args.prepared.resolve()}: {train_images} train images; training on "
-          f"{min(args.train_samples, train_images)} of them\n")
-    loader_alone = report(f"(a) device loader, batch {loader_batch}, CPU",
-                          images_per_s_of_epochs(device_loader(args.prepared, None, loader_batch, 0),
-                                                 args.loader_repeats))
-    torchvision = report(f"(b) torchvision DataLoader, batch {loader_batch}, {WORKERS} workers",
-                         images_per_s_of_epochs(torchvision_loader(args.prepared, loader_batch), args.loader_repeats))
-    with tempfile.TemporaryDirectory(prefix="loader-vs-training-") as workdir:
-        config = lambda repeat: training_config(args, Path(workdir), repeat)  # noqa: E731
-        training = alternate({"lightning": lambda repeat: lightning_images_per_s(config(repeat)),
-                              "plain": lambda repeat: plain_images_per_s(config(repeat))}, args.train_repeats)
-    lightning = report(f"(c) train() with Lightning, resnet20, batch {TRAIN_BATCH}", training["lightning"])
-    plain = report(f"(d) plain PyTorch loop, resnet20, batch {TRAIN_BATCH}", training["plain"])
+          f"{min(args.train_samples, train_images)} of them")
+    if os.getloadavg()[0] > 0.5:
+        # oversubscribed cores slow the 2-thread training steps far more than their share
+        print("WARNING: the CPUs are busy before the benchmark starts; the figures will be low and noisy")
+    print()
+    loader_alone, torchvision = measure_loaders(args, train_images)
+    lightning, plain = measure_training(args)
     print()
     verdict("loader alone / training (a / c)", loader_alone / lightning, LOADER_GOAL)
     print(f"{'device loader / torchvision loader (a / b)':<58} {loader_alone / torchvision:>10.2f}")
     verdict("Lightning / plain loop (c / d)", lightning / plain, LIGHTNING_GOAL)
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

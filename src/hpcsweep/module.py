@@ -36,6 +36,12 @@ from hpcsweep.optim import build_optimizer, build_scheduler, parameter_groups, s
 NUM_CLASSES = 10
 
 
+def share_of_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> torch.Tensor:
+    """A micro-batch's summed loss divided by the whole batch size: accumulating the gradients
+    of every micro-batch's share gives exactly the gradient of the batch's mean loss."""
+    return F.cross_entropy(model(images), labels, reduction="sum") / batch
+
+
 class ResNetModule(L.LightningModule):
     def __init__(self, train: dict) -> None:
         super().__init__()
@@ -47,6 +53,7 @@ class ResNetModule(L.LightningModule):
         self.micro_batch_size: int | None = None
         self.oom_retries = 0
         self.probe: Probe | None = None
+        self.probe_spread: tuple[int, int] | None = None
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> ResNetModule:
@@ -72,6 +79,7 @@ class ResNetModule(L.LightningModule):
                                        self.config.precision, self.config.memory_limit_mb, self.config.memory_margin)
         choices = self.trainer.strategy.all_gather(torch.tensor(self.probe.micro_batch_size, device=device))
         self.micro_batch_size = int(choices.min())
+        self.probe_spread = (int(choices.min()), int(choices.max()))  # differs when ranks' devices differ
 
     def fresh_model_and_optimizer(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         device = self.trainer.strategy.root_device
@@ -111,9 +119,9 @@ class ResNetModule(L.LightningModule):
         """Forward and backward one micro-batch; its loss is scaled so the step averages the whole batch."""
         blocked = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
         with contextlib.nullcontext() if last else blocked():
-            loss = F.cross_entropy(self(images), labels, reduction="sum")
-            self.manual_backward(loss / self.per_rank_batch_size)
-        return loss.detach()
+            loss = share_of_batch_loss(self, images, labels, self.per_rank_batch_size)
+            self.manual_backward(loss)
+        return loss.detach() * self.per_rank_batch_size
 
     def validation_step(self, batch, batch_index: int) -> None:
         images, labels = batch

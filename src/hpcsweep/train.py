@@ -37,6 +37,7 @@ class TrainResult:
     run_id: str | None
     status: str
     epochs: int
+    steps: int  # optimizer steps
     val_acc: float | None
     best_val_acc: float | None
     val_loss: float | None
@@ -49,6 +50,8 @@ class TrainResult:
     oom_retries: int
     probe_time_s: float | None
     step_memory_mb: float | None
+    probe_min_micro_batch_size: int | None  # the smallest and largest choice among the ranks
+    probe_max_micro_batch_size: int | None
 
     def write_json(self, path: Path) -> None:
         with atomic_file(Path(path)) as temporary:
@@ -151,7 +154,7 @@ def collect_result(run_id, status: str, trainer: L.Trainer, module: ResNetModule
 
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     return TrainResult(
-        run_id=run_id, status=status, epochs=trainer.current_epoch, val_acc=metric("val/acc"),
+        run_id=run_id, status=status, epochs=trainer.current_epoch, steps=trainer.global_step, val_acc=metric("val/acc"),
         best_val_acc=float(best) if best is not None else None, val_loss=metric("val/loss"),
         train_loss=metric("train/loss"), total_time_s=efficiency.total_time_s,
         time_to_target_s=efficiency.time_to_target_s, effective_batch_size=module.config.batch_size,
@@ -159,11 +162,15 @@ def collect_result(run_id, status: str, trainer: L.Trainer, module: ResNetModule
         accumulate_grad_batches=module.accumulate_grad_batches if module.micro_batch_size else None,
         oom_retries=module.oom_retries, probe_time_s=module.probe.probe_time_s if module.probe else None,
         step_memory_mb=module.probe.step_memory_mb if module.probe else None,
+        probe_min_micro_batch_size=module.probe_spread[0] if module.probe_spread else None,
+        probe_max_micro_batch_size=module.probe_spread[1] if module.probe_spread else None,
     )
 
 
 def final_metrics(result: TrainResult) -> dict[str, float]:
     figures = {"total_time_s": result.total_time_s, "best_val_acc": result.best_val_acc,
                "effective_batch_size": result.effective_batch_size, "probe_time_s": result.probe_time_s,
-               "step_memory_mb": result.step_memory_mb}
+               "step_memory_mb": result.step_memory_mb,
+               "probe_min_micro_batch_size": result.probe_min_micro_batch_size,
+               "probe_max_micro_batch_size": result.probe_max_micro_batch_size}
     return {name: float(value) for name, value in figures.items() if value is not None}
