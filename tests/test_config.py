@@ -64,7 +64,7 @@ def test_hash_ignores_key_order_and_paths_but_not_training_values(tmp_path):
     ("override", "expected"),
     [
         ("optimizr=adam", "-s: unknown key train.optimizr; valid: model, optimizer, lr"),
-        ("bogus.key=1", "-s bogus.key=1: unknown section 'bogus'; valid: data, train, tracking, slurm"),
+        ("bogus.key=1", "-s bogus.key: unknown section 'bogus'; valid: data, train, tracking, slurm"),
         ("optimizer=adamm", "-s: train.optimizer='adamm': valid: sgd, adam, adamw, rmsprop, adagrad, lars, lamb"),
         ("model=resnet7", "-s: train.model='resnet7': valid: "),
         ("lr=-0.1", "-s: train.lr=-0.1: must be > 0"),

@@ -90,3 +90,87 @@ def train(config, metrics_out: Path | None) -> None:
             result.write_json(metrics_out)
         click.echo(f"run {result.run_id} {result.status}: val/acc {result.val_acc:.4f} after {result.epochs} epochs, "
                    f"{result.total_time_s:.1f} s")
+
+
+@main.command()
+@click.argument("gridfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Write job scripts and point files, print where; submit and create nothing.")
+@click.option("--max-parallel", type=click.IntRange(min=1), help="At most N tasks of an array at once [slurm.max_parallel].")
+@click.option("--experiment", help="MLflow experiment [the grid file's experiment].")
+@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A site's job-script template with ${directives}, ${setup}, ${command}.")
+@click.option("--rerun", is_flag=True, help="Run every point again, even those with a finished run.")
+@click.option("--yes", is_flag=True, help="Allow grids over 1000 points.")
+@click.option("--params", default="params.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every point.")
+def grid(gridfile: Path, executor: str, dry_run: bool, max_parallel: int | None, experiment: str | None,
+         template: Path | None, rerun: bool, yes: bool, params: Path, overrides: tuple[str, ...]) -> None:
+    """Run every point of GRIDFILE here (local) or as SLURM job arrays, into one MLflow experiment."""
+    import shlex
+    import sys
+
+    from hpcsweep.config import parse_overrides
+    from hpcsweep.executors.slurm import DEFAULT_TEMPLATE
+    from hpcsweep.grid import load_grid
+    from hpcsweep.launch import LaunchOptions, launch
+
+    loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
+    options = LaunchOptions(executor=executor, dry_run=dry_run, max_parallel=max_parallel,
+                            template=template.read_text() if template else DEFAULT_TEMPLATE, rerun=rerun, yes=yes,
+                            command=shlex.join(["hpcsweep", *sys.argv[1:]]))
+    launch(loaded, options)
+
+
+def tracking_client(config):
+    import mlflow
+
+    from hpcsweep.launch import absolute_uri
+    from hpcsweep.tracking import tracking_uri
+
+    return mlflow.MlflowClient(absolute_uri(tracking_uri(config)))
+
+
+@main.command()
+@click.argument("gridname")
+@config_options
+def status(config, gridname: str) -> None:
+    """One row per point of grid GRIDNAME: MLflow status, SLURM state, last val/acc."""
+    from hpcsweep.grid_status import status_rows, summary
+
+    rows = status_rows(tracking_client(config), gridname)
+    click.echo(f"{'run':<10} {'slurm':<14} {'val/acc':>7}  {'run id':<32}  point")
+    for row in rows:
+        click.echo(row.line())
+    click.echo(summary(rows))
+
+
+@main.command()
+@click.argument("gridname")
+@config_options
+def cancel(config, gridname: str) -> None:
+    """scancel the job arrays of grid GRIDNAME and mark its scheduled and running runs KILLED."""
+    from hpcsweep.grid_status import cancel_grid
+
+    killed = cancel_grid(tracking_client(config), gridname)
+    click.echo(f"{gridname}: cancelled; {len(killed)} runs marked KILLED")
+
+
+@main.command("run-point", hidden=True)
+@click.argument("points_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("index", type=int)
+def run_point(points_file: Path, index: int) -> None:
+    """Train entry INDEX of a launch's points file into its pre-created run (what each job task runs)."""
+    import json
+    import os
+
+    from hpcsweep.config import config_from_dict
+    from hpcsweep.train import train as run_training
+
+    entries = json.loads(points_file.read_text())["points"]
+    if not 0 <= index < len(entries):
+        raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
+    entry = entries[index]
+    if entry["run_id"]:
+        os.environ["MLFLOW_RUN_ID"] = entry["run_id"]
+    run_training(config_from_dict(entry["config"], source=f"{points_file}[{index}]"))

@@ -136,49 +136,73 @@ SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 def load_config(params: str | Path = DEFAULT_PARAMS, overrides: typing.Iterable[str] = ()) -> Config:
     """Read a params file, apply `key=value` overrides, validate, return the typed config."""
     raw = read_params_file(Path(params))
-    overridden = apply_overrides(raw, overrides)
-    return config_from_dict(raw, source=str(params), overridden=overridden)
+    return config_with(raw, parse_overrides(overrides), source=str(params), overrides_label="-s")
 
 
 def read_params_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: params file not found (run from the project root or pass --params FILE)")
+    return read_yaml_mapping(path, f"a mapping with sections {', '.join(SECTIONS)}")
+
+
+def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (params, grid files); errors name the file and line."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.MarkedYAMLError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else "?"
         raise UserError(f"{path}:{line}: invalid YAML: {error.problem}") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+        raise UserError(f"{path}: expected {expected}")
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> set[str]:
-    """Apply `key=value` assignments in place; return the dotted keys they set."""
-    overridden = set()
+def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """`key=value` strings to {key: value}, values parsed as YAML scalars."""
+    parsed = {}
     for assignment in overrides:
         key, sep, text = assignment.partition("=")
         if not sep or not key:
             raise UserError(f"-s {assignment!r}: expected key=value, e.g. -s optimizer=adam or -s data.archive=PATH")
-        section, _, name = key.rpartition(".")
-        section = section or "train"
-        if section not in SECTIONS:
-            raise UserError(f"-s {assignment}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
         try:
-            value = yaml.safe_load(text)
+            parsed[key] = yaml.safe_load(text)
         except yaml.YAMLError:
-            value = text
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise UserError(f"-s {assignment}: section {section!r} is not a mapping")
-        raw[section][name] = value
+            parsed[key] = text
+    return parsed
+
+
+def section_and_name(key: str, label: str) -> tuple[str, str]:
+    """A bare key is a train key; a dotted key names its section."""
+    section, _, name = key.rpartition(".")
+    section = section or "train"
+    if section not in SECTIONS:
+        raise UserError(f"{label} {key}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+    return section, name
+
+
+def config_with(raw: dict[str, Any], assignments: dict[str, Any], source: str, overrides_label: str) -> Config:
+    """Validate `raw` (a params mapping) with `assignments` applied on top; `raw` is not modified.
+
+    Errors about an assigned key name `overrides_label` (e.g. "-s", or a grid point) as their
+    source, errors about the rest name `source`.
+    """
+    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    overridden = set()
+    for key, value in assignments.items():
+        section, name = section_and_name(key, overrides_label)
+        if not isinstance(merged.setdefault(section, {}), dict):
+            raise UserError(f"{source}: section {section!r} is not a mapping")
+        merged[section][name] = value
         overridden.add(f"{section}.{name}")
-    return overridden
+    return config_from_dict(merged, source=source, overridden=overridden, overrides_label=overrides_label)
 
 
-def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = frozenset()) -> Config:
+def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = frozenset(),
+                     overrides_label: str = "-s") -> Config:
     """Validate a nested mapping (a params file, a grid point, a job's JSON) into a `Config`."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
@@ -188,7 +212,7 @@ def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = fr
         values = raw.get(name)
         if not isinstance(values, dict):
             raise UserError(f"{source}: section {name!r} missing or not a mapping")
-        sections[name] = section_from_dict(section_type, name, values, source, overridden)
+        sections[name] = section_from_dict(section_type, name, values, source, overridden, overrides_label)
     check_train_consistency(sections["train"], source)
     return Config(**sections)
 
@@ -213,19 +237,20 @@ def check_train_consistency(train: TrainConfig, source: str) -> None:
         raise UserError(f"{source}: {error}") from None
 
 
-def section_from_dict(section_type: type, section: str, values: dict, source: str, overridden: set[str]) -> Any:
+def section_from_dict(section_type: type, section: str, values: dict, source: str, overridden: set[str],
+                      overrides_label: str) -> Any:
     hints = typing.get_type_hints(section_type, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(section_type)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        where = "-s" if f"{section}.{unknown[0]}" in overridden else source
+        where = overrides_label if f"{section}.{unknown[0]}" in overridden else source
         raise UserError(f"{where}: unknown key {section}.{unknown[0]}; valid: {', '.join(fields)}")
     missing = [name for name in fields if name not in values]
     if missing:
         raise UserError(f"{source}: section {section!r} is missing {', '.join(missing)}")
     checked = {}
     for name, spec in fields.items():
-        where = "-s" if f"{section}.{name}" in overridden else source
+        where = overrides_label if f"{section}.{name}" in overridden else source
         label = f"{where}: {section}.{name}={values[name]!r}"
         checked[name] = check_value(values[name], hints[name], spec.metadata, label)
     return section_type(**checked)

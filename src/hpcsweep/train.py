@@ -105,6 +105,15 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of an unfinished attempt: last.ckpt (end of an epoch) or the
+    hpc_ckpt_N.ckpt Lightning writes mid-epoch when SLURM signals a requeue."""
+    if tracking.resumable_run_id(run_dir) is None:
+        return None
+    found = [path for path in [run_dir / LAST_CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")] if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
 def train(config: Config) -> TrainResult:
     """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
     quiet_known_warnings()
@@ -116,8 +125,7 @@ def train(config: Config) -> TrainResult:
     check_enough_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     run_dir = run_dir_for(config)
-    last = run_dir / LAST_CHECKPOINT
-    resume = last.is_file() and tracking.resumable_run_id(run_dir) is not None
+    resume = resume_checkpoint(run_dir)
     is_rank_zero = tracking.global_rank() == 0
     if is_rank_zero and not resume:
         for stale in run_dir.glob("*.ckpt"):  # a finished run's: Lightning would number new ones best-v1
@@ -132,7 +140,7 @@ def train(config: Config) -> TrainResult:
     status = "FAILED"
     try:
         trainer.fit(module, datamodule=datamodule,
-                    ckpt_path=str(last) if resume else None)
+                    ckpt_path=str(resume) if resume else None)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"

@@ -1,0 +1,179 @@
+"""SLURM: render a job-array script, submit it, read job states back, cancel.
+
+Each piece is a small function with one job (as in submitit): `render_job_script` is pure and
+typed, `submit` only runs sbatch, the parsers only parse. One array per resource shape; each
+task reads its point from the JSON file written at launch and runs `srun` with one task per
+device, so Lightning's SLURMEnvironment sets up DDP from SLURM's variables. `--signal=SIGUSR1@90`
+with `--requeue` lets Lightning checkpoint and requeue before a time limit or preemption; the
+restarted task resumes into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from hpcsweep.errors import UserError
+
+# sbatch long options a grid's slurm.extra may set; the ones rendered from the config
+# (nodes, ntasks-per-node, time, ...) are not among them, so they cannot contradict it
+EXTRA_OPTIONS = (
+    "account", "begin", "comment", "constraint", "cluster-constraint", "clusters", "contiguous", "core-spec",
+    "cores-per-socket", "dependency", "exclude", "exclusive", "gpu-bind", "gpu-freq", "gres", "gres-flags", "hint",
+    "licenses", "mail-type", "mail-user", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice",
+    "nodelist", "power", "prefer", "priority", "profile", "propagate", "reservation", "sockets-per-node",
+    "switches", "thread-spec", "threads-per-core", "tmp", "uid", "wckey",
+)
+
+DEFAULT_TEMPLATE = """#!/bin/bash
+${directives}
+
+# rendered by hpcsweep: task $$SLURM_ARRAY_TASK_ID of this array trains point $$SLURM_ARRAY_TASK_ID
+set -euo pipefail
+${setup}
+# the first node of the allocation hosts the process group (sites whose node names do not
+# resolve set HPCSWEEP_MASTER_ADDR)
+export MASTER_ADDR="$${HPCSWEEP_MASTER_ADDR:-$$(scontrol show hostnames "$$SLURM_JOB_NODELIST" | head -n 1)}"
+srun --kill-on-bad-exit=1 ${command} "$$SLURM_ARRAY_TASK_ID"
+"""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job-array script says, in SLURM's own terms."""
+
+    name: str
+    array_size: int
+    max_parallel: int
+    nodes: int
+    tasks_per_node: int
+    cpus_per_task: int
+    mem: str
+    time: str
+    workdir: Path
+    log_dir: Path
+    command: list[str]
+    gpus_per_node: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    setup: list[str] = field(default_factory=list)
+    extra: dict[str, str | int] = field(default_factory=dict)
+
+
+def check_extra_options(extra: dict[str, str | int]) -> None:
+    for option in extra:
+        if option not in EXTRA_OPTIONS:
+            raise UserError(f"slurm.extra: unknown or config-controlled option {option!r}; valid: "
+                            f"{', '.join(EXTRA_OPTIONS)} (nodes, tasks, gpus, time and memory come from the config)")
+
+
+def directives(spec: JobSpec) -> list[str]:
+    options = {
+        "job-name": spec.name, "array": f"0-{spec.array_size - 1}%{spec.max_parallel}", "nodes": spec.nodes,
+        "ntasks-per-node": spec.tasks_per_node, "cpus-per-task": spec.cpus_per_task, "mem": spec.mem,
+        "time": spec.time, "chdir": spec.workdir, "output": spec.log_dir / "%A_%a.out", "open-mode": "append",
+        "signal": "SIGUSR1@90", "gpus-per-node": spec.gpus_per_node, "partition": spec.partition,
+        "account": spec.account, "qos": spec.qos, **spec.extra,
+    }
+    lines = [f"#SBATCH --{name}={value}" for name, value in options.items() if value is not None]
+    return [*lines, "#SBATCH --requeue"]
+
+
+def render_job_script(spec: JobSpec, template: str = DEFAULT_TEMPLATE) -> str:
+    """The job script for `spec`; a site template uses the same ${directives}, ${setup}, ${command}."""
+    check_extra_options(spec.extra)
+    try:
+        return Template(template).substitute(
+            directives="\n".join(directives(spec)), setup="\n".join(spec.setup),
+            command=" ".join(shlex.quote(part) for part in spec.command),
+        )
+    except (KeyError, ValueError) as error:
+        raise UserError(f"job template: unknown or malformed placeholder {error}; "
+                        f"valid: ${{directives}}, ${{setup}}, ${{command}} ($$ for a literal $)") from None
+
+
+def require_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise UserError("sbatch not found on PATH: run on a SLURM login node, or use --executor local")
+
+
+def submit(script: Path) -> str:
+    """sbatch the script; returns the array job id; sbatch's own message on refusal."""
+    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
+        raise UserError(f"sbatch refused {script}: {message}")
+    return done.stdout.strip().split(";")[0]
+
+
+def parse_squeue(text: str) -> dict[str, str]:
+    """`squeue -h -r -o %i|%T` lines to {"1234_5": "RUNNING"}."""
+    states = {}
+    for line in text.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job:
+            states[job] = state
+    return states
+
+
+def queued_states(job_ids: list[str]) -> dict[str, str]:
+    """States of the jobs still in the queue (pending, running, requeued, ...)."""
+    if not job_ids:
+        return {}
+    done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)],
+                          capture_output=True, text=True)
+    return parse_squeue(done.stdout) if done.returncode == 0 else {}
+
+
+JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def parse_jobcomp(text: str) -> dict[str, str]:
+    """KEY=VALUE job records (the jobcomp/filetxt log, `scontrol -o show job`) to {"1234_5": "COMPLETED"};
+    later lines win (a requeued job ends twice)."""
+    states = {}
+    for line in text.splitlines():
+        fields = dict(JOBCOMP_FIELD.findall(line))
+        if "JobState" not in fields:
+            continue
+        array_job, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+        key = f"{array_job}_{task}" if array_job and task and task not in ("4294967294", "") else fields.get("JobId")
+        states[key] = fields["JobState"]
+    return states
+
+
+def finished_states(job_ids: list[str]) -> dict[str, str]:
+    """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them."""
+    states = {}
+    for job in job_ids:
+        done = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+        if done.returncode == 0:
+            states.update(parse_jobcomp(done.stdout))  # the same KEY=VALUE records
+    jobcomp = os.environ.get("HPCSWEEP_SLURM_JOBCOMP")
+    if jobcomp and Path(jobcomp).is_file():
+        states.update(parse_jobcomp(Path(jobcomp).read_text()))
+    if job_ids and shutil.which("sacct"):
+        done = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            states.update({job: state.split()[0] for job, _, state in
+                           (line.partition("|") for line in done.stdout.splitlines()) if job})
+    return states
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's view of array tasks ("1234_5"): the queue for live jobs, the records for ended ones."""
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    return {**finished_states(arrays), **queued_states(arrays)}
+
+
+def cancel(array_job_ids: list[str]) -> None:
+    if array_job_ids:
+        subprocess.run(["scancel", *array_job_ids], check=False)

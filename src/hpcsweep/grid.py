@@ -1,0 +1,126 @@
+"""A grid file -> the list of training configs a study runs, each validated and identified.
+
+    name: optimizers                       # status, cancel and report find the grid by it
+    experiment: cifar10-optimizers         # MLflow experiment
+    base: {model: resnet20, max_epochs: 30}                  # on top of params.yaml
+    grid: {optimizer: [sgd, adam, rmsprop], batch_size: [128, 1024]}   # cartesian product
+    variants: [{optimizer: sgd, lr: 0.1}, {optimizer: adam, lr: 0.001}]
+    exclude: [{optimizer: rmsprop, batch_size: 1024}]
+    seeds: [0, 1, 2]
+    slurm: {partition: gpu, time: "02:00:00", ...}          # on top of params.yaml's slurm
+
+Keys are config keys: bare for `train`, dotted for other sections (`data.loader`).
+
+`variants` co-vary keys. A variant's keys that are also grid axes select the grid points it
+applies to (the variant's values must equal the point's); its other keys are set on those
+points. So `{optimizer: sgd, lr: 0.1}` gives every sgd point lr 0.1; a point no variant selects
+keeps its base values (rmsprop above); a point selected by several variants becomes one point
+per variant; and variants sharing no key with the grid select every point, which crosses the
+grid with the variants. `exclude` then drops points matching all keys of an entry, and `seeds`
+repeats each point once per seed.
+
+Precedence, lowest first: params.yaml, base, the point, the command line's `-s`. Every point is
+validated as a full config before anything is submitted; an error names the point.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcsweep.config import Config, config_with, read_params_file, read_yaml_mapping
+from hpcsweep.errors import UserError
+
+GRID_KEYS = ("name", "experiment", "base", "grid", "variants", "exclude", "seeds", "slurm")
+MAX_POINTS_WITHOUT_YES = 1000
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    assignments: dict[str, Any]  # what the grid set: the point's name in tables
+    config: Config
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.assignments.items()) or "base"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    experiment: str
+    path: Path
+    points: list[Point]
+
+
+def matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(key in point and point[key] == value for key, value in pattern.items())
+
+
+def product(axes: dict[str, list]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def apply_variants(points: list[dict], variants: list[dict], axes: set[str]) -> list[dict]:
+    """Each point, once per variant that selects it (or once as it is, if none does)."""
+    expanded = []
+    for point in points:
+        selecting = [v for v in variants if matches(point, {k: v[k] for k in v if k in axes})]
+        expanded.extend([{**point, **variant} for variant in selecting] or [point])
+    return expanded
+
+
+def expand(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid's points as assignments, in a stable order: grid x variants - excluded, x seeds."""
+    axes = spec.get("grid") or {}
+    points = apply_variants(product(axes), spec.get("variants") or [], set(axes))
+    points = [p for p in points if not any(matches(p, pattern) for pattern in spec.get("exclude") or [])]
+    seeds = spec.get("seeds")
+    return [{**p, "seed": seed} for p in points for seed in seeds] if seeds else points
+
+
+def check_shape(path: Path, spec: dict[str, Any]) -> None:
+    """Types of the grid file's own keys; the values inside are checked as configs later."""
+    unknown = sorted(set(spec) - set(GRID_KEYS))
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(GRID_KEYS)}")
+    if not isinstance(spec.get("name"), str) or not spec["name"].replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{path}: name must be a word of letters, digits, - and _ (got {spec.get('name')!r})")
+    kinds = {"experiment": str, "base": dict, "grid": dict, "variants": list, "exclude": list, "seeds": list,
+             "slurm": dict}
+    for key, kind in kinds.items():
+        if key in spec and not isinstance(spec[key], kind):
+            raise UserError(f"{path}: {key} must be a {kind.__name__}, got {type(spec[key]).__name__}")
+    for axis, values in (spec.get("grid") or {}).items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid.{axis} must be a non-empty list of values, got {values!r}")
+    for key in ("variants", "exclude"):
+        if any(not isinstance(entry, dict) for entry in spec.get(key) or []):
+            raise UserError(f"{path}: every entry of {key} must be a mapping of keys to values")
+
+
+def load_grid(path: Path, params: Path, overrides: dict[str, Any], experiment: str | None = None) -> Grid:
+    """Read, expand and validate a grid file into configs (nothing is created or submitted)."""
+    path = Path(path)
+    spec = read_yaml_mapping(path, f"a grid mapping with keys {', '.join(GRID_KEYS)}")
+    check_shape(path, spec)
+    if not (spec.get("grid") or spec.get("variants") or spec.get("seeds")):
+        raise UserError(f"{path}: empty grid: give at least one of grid, variants or seeds")
+    raw = read_params_file(Path(params))
+    base = {**(spec.get("base") or {}), **{f"slurm.{k}": v for k, v in (spec.get("slurm") or {}).items()}}
+    experiment = experiment or spec.get("experiment") or spec["name"]
+    points, seen = [], {}
+    for index, assignments in enumerate(expand(spec)):
+        label = f"{path}: point {index} ({', '.join(f'{k}={v}' for k, v in assignments.items()) or 'base'})"
+        config = config_with(raw, {**base, **assignments, **overrides, "tracking.experiment": experiment},
+                             source=label, overrides_label=label)
+        if config.hash in seen:
+            continue  # e.g. -s max_epochs=1 over an axis of epochs: one run is enough
+        seen[config.hash] = index
+        points.append(Point(len(points), assignments, config))
+    if not points:
+        raise UserError(f"{path}: the grid has no points (empty grid, or everything excluded)")
+    return Grid(spec["name"], experiment, path, points)

@@ -1,0 +1,85 @@
+"""The MLflow side of a grid: a parent run per launch, a child run per point, and finding them again.
+
+Children are created at launch, before any job starts, with status SCHEDULED, their params and
+the tags `grid`, `config_hash` and `mlflow.parentRunId`; each job then trains into its own child
+through MLFLOW_RUN_ID, so the MLflow UI shows the whole study, queued points included, grouped
+under the launch. The experiment is created here, once, before jobs start: concurrent
+`set_experiment` calls from many jobs were seen to put runs into the Default experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from hpcsweep.grid import Grid, Point
+from hpcsweep.tracking import logged_params
+
+ROLE = "hpcsweep.role"
+ACTIVE = ("SCHEDULED", "RUNNING")
+
+
+def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str, points_json: str) -> str:
+    run = client.create_run(experiment, tags={"grid": grid.name, ROLE: "launch",
+                                              MLFLOW_RUN_NAME: f"{grid.name} launch"})
+    with tempfile.TemporaryDirectory() as folder:
+        files = {grid.path.name: grid.path.read_text(), "points.json": points_json, "command.txt": command + "\n"}
+        for name, text in files.items():
+            (Path(folder) / name).write_text(text)
+            client.log_artifact(run.info.run_id, str(Path(folder) / name), artifact_path="launch")
+    return run.info.run_id
+
+
+def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid: Grid, point: Point) -> str:
+    config = point.config
+    tags = {"grid": grid.name, ROLE: "point", "config_hash": config.hash, MLFLOW_PARENT_RUN_ID: parent,
+            MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250], "point": point.label}
+    run = client.create_run(experiment, tags=tags)
+    client.log_batch(run.info.run_id, params=[
+        mlflow.entities.Param(key, str(value)) for key, value in logged_params(config).items()])
+    client.update_run(run.info.run_id, status="SCHEDULED")
+    return run.info.run_id
+
+
+def grid_runs(client: mlflow.MlflowClient, grid_name: str) -> list[Run]:
+    """Every point run of the grid, in any experiment, newest first."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.grid = '{grid_name}' and tags.`{ROLE}` = 'point'"
+    return client.search_runs(experiments, query, max_results=50_000, order_by=["attributes.start_time DESC"])
+
+
+def latest_by_hash(runs: list[Run]) -> dict[str, Run]:
+    latest = {}
+    for run in runs:  # newest first: keep the first seen
+        latest.setdefault(run.data.tags.get("config_hash"), run)
+    return latest
+
+
+def finish(client: mlflow.MlflowClient, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status=status)
+
+
+def is_active(run: Run) -> bool:
+    return run.info.status in ACTIVE
+
+
+def status_name(run: Run) -> str:
+    status = run.info.status
+    return RunStatus.to_string(status) if isinstance(status, int) else status
+
+
+def points_document(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> str:
+    """The JSON task i of a job array reads its point from (entry i): full config, run to train into."""
+    return json.dumps({"grid": grid_name, "points": [
+        {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
+        for p in points]}, indent=1)
