@@ -171,6 +171,23 @@ def run_point(points_file: Path, index: int) -> None:
     if not 0 <= index < len(entries):
         raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
     entry = entries[index]
+    config = config_from_dict(entry["config"], source=f"{points_file}[{index}]")
     if entry["run_id"]:
         os.environ["MLFLOW_RUN_ID"] = entry["run_id"]
-    run_training(config_from_dict(entry["config"], source=f"{points_file}[{index}]"))
+    try:
+        run_training(config)
+    except BaseException:
+        mark_failed_if_unfinished(config, entry["run_id"])
+        raise
+
+
+def mark_failed_if_unfinished(config, run_id: str | None) -> None:
+    """A point that dies before training opens its run (bad data, a probe that cannot fit) must
+    not stay SCHEDULED forever: the next launch resubmits FAILED points."""
+    from hpcsweep import grid_runs
+    from hpcsweep.tracking import global_rank
+
+    if run_id and global_rank() == 0:
+        client = tracking_client(config)
+        if grid_runs.is_active(client.get_run(run_id)):
+            grid_runs.finish(client, run_id, "FAILED")

@@ -75,7 +75,7 @@ def check_tracking_server(uri: str) -> None:
 def preflight(grid: Grid, options: LaunchOptions) -> None:
     if len(grid.points) > MAX_POINTS_WITHOUT_YES and not options.yes:
         raise UserError(f"{grid.path}: {len(grid.points)} points; grids over {MAX_POINTS_WITHOUT_YES} need --yes")
-    if options.executor == "slurm":
+    if options.executor == "slurm" and not options.dry_run:
         slurm.require_sbatch()
     for prepared in sorted({Path(p.config.data.prepared_dir) for p in grid.points}):
         if not (prepared / "stats.json").is_file():
