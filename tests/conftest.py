@@ -99,3 +99,17 @@ def tracking_server(tmp_path_factory) -> str:
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict[str, str]:
+    """The project's two-node development cluster (slurm/cluster/up.sh), its exports in os.environ."""
+    import subprocess
+
+    done = subprocess.run(["bash", str(ROOT / "slurm/cluster/up.sh")], capture_output=True, text=True)
+    require(done.returncode == 0, f"slurm/cluster/up.sh failed: {done.stderr[-2000:]}")
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines()
+                   if line.startswith("export "))
+    os.environ.update(exports)
+    os.environ["HPCSWEEP_MASTER_ADDR"] = "127.0.0.1"  # the dev cluster's node names do not resolve
+    return exports

@@ -172,6 +172,9 @@ def launch(grid: Grid, options: LaunchOptions) -> Path:
     if not todo:
         print(f"{grid.name}: all {len(grid.points)} points already have a finished run or a live job; nothing to do")
         return folder
+    if options.executor == "slurm":
+        for batch in prepare_batches(grid, todo, folder, options, run_ids={}):
+            slurm.test_only(batch.script)  # a partition or account sbatch refuses: no run is created
     document = grid_runs.points_document(grid.name, grid.points, {})
     parent = grid_runs.create_parent(client, grid, experiment, options.command, document)
     run_ids = {p.index: grid_runs.create_child(client, experiment, parent, grid, p) for p in todo}

@@ -104,13 +104,23 @@ def require_sbatch() -> None:
         raise UserError("sbatch not found on PATH: run on a SLURM login node, or use --executor local")
 
 
-def submit(script: Path) -> str:
-    """sbatch the script; returns the array job id; sbatch's own message on refusal."""
-    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+def sbatch(script: Path, *options: str) -> str:
+    """Run sbatch on the script; its own message when it refuses."""
+    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise UserError(f"sbatch refused {script}: {message}")
-    return done.stdout.strip().split(";")[0]
+    return done.stdout
+
+
+def test_only(script: Path) -> None:
+    """Ask the scheduler whether it would accept the job (partition, account, limits), submitting nothing."""
+    sbatch(script, "--test-only")
+
+
+def submit(script: Path) -> str:
+    """Submit the script; returns the array job id."""
+    return sbatch(script, "--parsable").strip().split(";")[0]
 
 
 def parse_squeue(text: str) -> dict[str, str]:

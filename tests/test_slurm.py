@@ -1,0 +1,139 @@
+"""The grid launcher on a real two-node Slurm cluster, logging to a real MLflow server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from test_grid import TINY, grid_command, point_runs, write_grid
+from test_train import environment, history
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+RESOURCES = {"cpus_per_task": 1, "mem": "1G", "time": "00:20:00", "partition": "debug", "max_parallel": 8}
+
+
+def hpcsweep(args: list[str], project: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcsweep", *args], cwd=project, env=environment_with_slurm(uri),
+                          capture_output=True, text=True)
+
+
+def environment_with_slurm(uri: str) -> dict[str, str]:
+    keep = ("SLURM_CONF", "HPCSWEEP_SLURM_JOBCOMP", "HPCSWEEP_SLURM_DIR", "HPCSWEEP_MASTER_ADDR")
+    return {**environment(uri), **{key: os.environ[key] for key in keep if key in os.environ}}
+
+
+def children(uri: str, name: str) -> list:
+    return [r for r in point_runs(uri, name) if r.data.tags["hpcsweep.role"] == "point"]
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def settled(uri: str, name: str, count: int) -> bool:
+    runs = children(uri, name)
+    return len(runs) >= count and all(r.info.status not in ("SCHEDULED", "RUNNING") for r in runs)
+
+
+@pytest.fixture
+def slurm_project(prepared, slurm_cluster):
+    return prepared.parent.parent
+
+
+def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_project, tracking_server):
+    name = f"cluster{os.getpid()}"
+    spec = {"name": name, "base": TINY, "slurm": RESOURCES, "grid": {"optimizer": ["sgd", "adam"]},
+            "variants": [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1},
+                         {"optimizer": "adam", "seed": 0}, {"optimizer": "adam", "seed": 1},
+                         {"optimizer": "sgd", "seed": 2, "strategy": "ddp", "devices": 2},
+                         {"optimizer": "sgd", "seed": 3, "strategy": "ddp", "num_nodes": 2},
+                         {"optimizer": "adam", "seed": 2, "memory_limit_mb": 1}]}  # made to fail
+    grid = write_grid(slurm_project, spec)
+    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
+                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("submitted job array") == 3  # shapes: 1x1, 1 node x 2 tasks, 2 nodes x 1
+    wait_until(lambda: settled(tracking_server, name, 7), 600, "all 7 jobs to end")
+    runs = children(tracking_server, name)
+    assert len(runs) == 7 and len([r for r in point_runs(tracking_server, name)
+                                   if r.data.tags["hpcsweep.role"] == "launch"]) == 1
+    failing = [r for r in runs if r.data.params["memory_limit_mb"] == "1"]
+    assert [r.info.status for r in failing] == ["FAILED"]
+    finished = [r for r in runs if r not in failing]
+    assert {r.info.status for r in finished} == {"FINISHED"}
+    assert all("val/acc" in r.data.metrics and "slurm_job_id" in r.data.tags for r in finished)
+    ddp = [r for r in finished if r.data.params["strategy"] == "ddp"]
+    assert sorted((r.data.params["devices"], r.data.params["num_nodes"]) for r in ddp) == [("1", "2"), ("2", "1")]
+    for run in ddp:  # one run per training, however many ranks, and each rank its own shard
+        assert history(tracking_server, run.info.run_id, "train/repeated_samples") == [(0, 0.0)]
+
+    status = hpcsweep(["status", name], slurm_project, tracking_server)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert sum("COMPLETED" in line for line in lines[1:-1]) == 6
+    assert lines[-1] == "7 points: 6 COMPLETED, 1 FAILED"
+
+    again = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
+                           env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 of 7 points to run" in again.stdout and again.stdout.count("submitted job array") == 1
+
+
+def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project, tracking_server):
+    name = f"requeue{os.getpid()}"
+    grid = write_grid(slurm_project, {"name": name, "slurm": RESOURCES, "seeds": [0],
+                                      "base": {**TINY, "max_epochs": 4, "batch_size": 10, "base_batch_size": 10}})
+    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
+                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = children(tracking_server, name)
+    wait_until(lambda: history(tracking_server, run.info.run_id, "val/acc"), 300, "the first epoch")
+    job = f"{run.data.tags['slurm_job_id']}_0"
+    subprocess.run(["scancel", "--signal=USR1", "--full", job], check=True, env=environment_with_slurm(tracking_server))
+    wait_until(lambda: settled(tracking_server, name, 1), 600, "the requeued job to finish")
+    [after] = children(tracking_server, name)
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0, 1, 2, 3]
+    log = next(Path(slurm_project).glob(f"runs/{name}/*/logs/*.out")).read_text()
+    assert "Handling auto-requeue signal" in log or "requeing job" in log
+
+
+def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tracking_server):
+    name = f"cancel{os.getpid()}"
+    grid = write_grid(slurm_project, {"name": name, "slurm": RESOURCES, "seeds": [0, 1],
+                                      "base": {**TINY, "max_epochs": 50, "batch_size": 10, "base_batch_size": 10}})
+    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
+                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wait_until(lambda: any(r.info.status == "RUNNING" for r in children(tracking_server, name)), 300, "a running job")
+    cancel = hpcsweep(["cancel", name], slurm_project, tracking_server)
+    assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
+    job = children(tracking_server, name)[0].data.tags["slurm_job_id"]
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
+                                          env=environment_with_slurm(tracking_server)).stdout.strip(),
+               120, "the array to leave the queue")
+    time.sleep(3)  # a dying job must not overwrite KILLED
+    assert {r.info.status for r in children(tracking_server, name)} == {"KILLED"}
+    status = hpcsweep(["status", name], slurm_project, tracking_server)
+    assert "CANCELLED" in status.stdout
+
+
+def test_a_partition_sbatch_rejects_shows_sbatch_message_and_creates_no_run(slurm_project, tracking_server):
+    name = f"badpart{os.getpid()}"
+    grid = write_grid(slurm_project, {"name": name, "base": TINY, "seeds": [0],
+                                      "slurm": {**RESOURCES, "partition": "nosuchpartition"}})
+    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
+                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
+    assert point_runs(tracking_server, name) == []
