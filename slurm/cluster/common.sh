@@ -54,6 +54,20 @@ slurmd_pidfile() {
   printf '%s/slurmd-%s.pid\n' "$RUN_DIR" "$1"
 }
 
+# pid_running PID [COMM]: true if PID is a live (not zombie) process, named
+# COMM when given. A killed daemon can linger as a zombie for a while here
+# (kill -0 still succeeds), so look at its state in /proc.
+pid_running() {
+  local pid="$1" comm="${2:-}" stat
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  [[ -n "$stat" ]] || return 1
+  # /proc/PID/stat: "PID (COMM) STATE ..."; COMM may contain spaces/parens.
+  case "${stat##*) }" in
+    Z* | X* | x*) return 1 ;;
+  esac
+  [[ -z "$comm" || "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]
+}
+
 # live_pid PIDFILE COMM: print the pid recorded in PIDFILE if that process is
 # alive and its command name is COMM (guards against recycled pids).
 live_pid() {
@@ -61,8 +75,7 @@ live_pid() {
   [[ -r "$pidfile" ]] || return 1
   pid="$(tr -dc '0-9' <"$pidfile")"
   [[ -n "$pid" ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
+  pid_running "$pid" "$comm" || return 1
   printf '%s\n' "$pid"
 }
 

@@ -20,7 +20,7 @@ source "$HERE/common.sh"
 STOP_TIMEOUT=20
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 # stop_pid PID NAME: SIGTERM, wait, then SIGKILL.
@@ -29,7 +29,7 @@ stop_pid() {
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || return 0
   for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    pid_running "$pid" || return 0
     sleep 0.2
   done
   log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; SIGKILL"

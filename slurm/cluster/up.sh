@@ -42,6 +42,32 @@ print_exports() {
   printf 'export HPCSWEEP_SLURM_JOBCOMP=%q\n' "$JOBCOMP_FILE" >&3
 }
 
+# spawn_daemon LOGFILE CMD...: run CMD (which daemonizes itself) with stdin
+# from /dev/null, stdout+stderr appended to LOGFILE and every other inherited
+# descriptor closed. Otherwise the daemon would keep our fd 3 -- the caller's
+# stdout -- open, and `eval "$(up.sh)"` would wait for EOF forever (munged
+# does not close inherited descriptors), and it would hold the lock on fd 9.
+spawn_daemon() {
+  local logfile="$1" fd
+  shift
+  (
+    for fd in /proc/self/fd/*; do
+      fd="${fd##*/}"
+      if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+        eval "exec ${fd}>&-"
+      fi
+    done
+    exec "$@"
+  ) </dev/null >>"$logfile" 2>&1
+}
+
+# Show the tail of a daemon's startup output after a failed start.
+show_log_tail() {
+  [[ -s "$1" ]] || return 0
+  log "last lines of $1:"
+  tail -n 15 "$1" >&2
+}
+
 is_root() {
   [[ "$(id -u)" -eq 0 ]]
 }
@@ -54,11 +80,17 @@ install_packages() {
   [[ "$missing" -eq 0 ]] && return 0
   is_root || die "slurm-wlm/munge are not installed and we are not root"
   log "installing slurm-wlm and munge (apt-get)..."
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null \
-    || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
-    || die "apt-get install slurm-wlm munge failed"
+  local apt_log
+  apt_log="$(mktemp /tmp/hpcsweep-slurm-apt.XXXXXX)"
+  if ! {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends slurm-wlm munge
+  } >"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
+    die "installing slurm-wlm munge failed (full log: $apt_log)"
+  fi
+  rm -f "$apt_log"
 }
 
 ensure_munge_key() {
@@ -88,7 +120,10 @@ start_munged() {
   if ! live_pid "$MUNGE_PIDFILE" munged >/dev/null; then
     rm -f "$MUNGE_SOCKET_DIR/munge.socket.2" "$MUNGE_SOCKET_DIR/munge.socket.2.lock" "$MUNGE_PIDFILE"
   fi
-  runuser -u munge -- /usr/sbin/munged || die "munged failed to start"
+  if ! spawn_daemon "$LOG_DIR/munged.out" runuser -u munge -- /usr/sbin/munged; then
+    show_log_tail "$LOG_DIR/munged.out"
+    die "munged failed to start"
+  fi
   touch "$MUNGE_MARKER"
   local i
   for ((i = 0; i < 50; i++)); do
@@ -194,7 +229,10 @@ start_slurmctld() {
     return 0
   fi
   log "starting slurmctld"
-  slurmctld -f "$CONF_FILE" || die "slurmctld failed to start; see $LOG_DIR/slurmctld.log"
+  if ! spawn_daemon "$LOG_DIR/slurmctld.out" slurmctld -f "$CONF_FILE"; then
+    show_log_tail "$LOG_DIR/slurmctld.out"
+    die "slurmctld failed to start; see $LOG_DIR/slurmctld.log"
+  fi
 }
 
 start_slurmd() {
@@ -204,8 +242,10 @@ start_slurmd() {
     return 0
   fi
   log "starting slurmd $node"
-  slurmd -f "$CONF_FILE" -N "$node" \
-    || die "slurmd $node failed to start; see $LOG_DIR/slurmd-$node.log"
+  if ! spawn_daemon "$LOG_DIR/slurmd-$node.out" slurmd -f "$CONF_FILE" -N "$node"; then
+    show_log_tail "$LOG_DIR/slurmd-$node.out"
+    die "slurmd $node failed to start; see $LOG_DIR/slurmd-$node.log"
+  fi
 }
 
 wait_for_controller() {
