@@ -9,10 +9,12 @@ numbers on both claims, on the machine it runs on, in one process, on the CPU:
   (c) a one-epoch training of resnet20 through `hpcsweep.train.train` (Lightning), batch 128,
       read from the `train/images_per_s` metric it logs to MLflow (training steps only, no
       validation, no checkpointing);
-  (d) a plain PyTorch loop over the same model, loader, optimizer and schedule, same samples.
+  (d) a plain PyTorch loop (no Trainer) over the same model, loader, optimizer and schedule, on
+      the same samples: one forward, backward and optimizer step per batch.
 
 Every figure is the median of several repeats; (c) and (d) follow one untimed warm-up epoch and
-alternate, so that drift in the machine's load hits both alike. Goals: (a) >= 20 x (c), and (c) >= 0.95 x (d).
+alternate, so that drift in the machine's load hits both alike. Goals: (a) >= 20 x (c), and
+(c) >= 0.95 x (d).
 
     .venv/bin/python benchmarks/loader_vs_training.py --prepared data/prepared --train-samples 2048
 
@@ -38,8 +40,8 @@ import torch.nn.functional as F
 
 from hpcsweep.config import Config, load_config
 from hpcsweep.data.loader import CIFAR10DataModule, DeviceLoader, load_split, load_stats
-from hpcsweep.models import build_model
-from hpcsweep.optim import build_optimizer, build_scheduler, parameter_groups, scaled_lr
+from hpcsweep.module import ResNetModule
+from hpcsweep.optim import build_scheduler
 from hpcsweep.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,14 +121,11 @@ def plain_images_per_s(config: Config) -> float:
     """What `ResNetModule` and Lightning do per step, written out, timed like the efficiency callback."""
     settings = config.train
     torch.manual_seed(settings.seed)
-    model = build_model(settings.model).to(memory_format=torch.channels_last)
+    # the module only as a container: its channels_last model and its optimizer recipe, no Trainer
+    module = ResNetModule.from_config(settings)
+    model, optimizer = module.model, module.make_optimizer(module.model)
     loader = device_loader(Path(config.data.prepared_dir), settings.limit_train_samples, TRAIN_BATCH,
                            settings.seed)
-    groups = parameter_groups(model, settings.weight_decay, settings.decay_norm_and_bias)
-    for group in groups:
-        group["lr"] = scaled_lr(settings.lr, settings.batch_size, settings.base_batch_size, settings.lr_scaling)
-    optimizer = build_optimizer(groups, settings.optimizer, settings.lr, settings.momentum, settings.nesterov,
-                                settings.weight_decay)
     scheduler = build_scheduler(optimizer, settings.scheduler, len(loader), 0)
     model.train()
     started, images = time.perf_counter(), 0
@@ -159,7 +158,7 @@ def report(label: str, figures: list[float]) -> float:
 
 
 def verdict(label: str, ratio: float, goal: float) -> None:
-    print(f"{label:<58} {ratio:>10.2f}   goal >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}")
+    print(f"{label:<58} {ratio:>10.3g}   goal >= {goal:g}: {'met' if ratio >= goal else 'NOT met'}")
 
 
 def measure_loaders(args: argparse.Namespace, train_images: int) -> tuple[float, float]:
@@ -205,7 +204,7 @@ def main() -> None:
     lightning, plain = measure_training(args)
     print()
     verdict("loader alone / training (a / c)", loader_alone / lightning, LOADER_GOAL)
-    print(f"{'device loader / torchvision loader (a / b)':<58} {loader_alone / torchvision:>10.2f}")
+    print(f"{'device loader / torchvision loader (a / b)':<58} {loader_alone / torchvision:>10.3g}")
     verdict("Lightning / plain loop (c / d)", lightning / plain, LIGHTNING_GOAL)
 
 

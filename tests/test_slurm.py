@@ -41,8 +41,14 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
 
 
 def settled(uri: str, name: str, count: int) -> bool:
+    """Every run ended, or (a job that died before training could not say so) no job is left queued."""
     runs = children(uri, name)
-    return len(runs) >= count and all(r.info.status not in ("SCHEDULED", "RUNNING") for r in runs)
+    if len(runs) >= count and all(r.info.status not in ("SCHEDULED", "RUNNING") for r in runs):
+        return True
+    jobs = sorted({r.data.tags["slurm_job_id"] for r in runs if "slurm_job_id" in r.data.tags})
+    queue = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True,
+                           env=environment_with_slurm(uri)).stdout.strip() if jobs else "pending"
+    return bool(jobs) and not queue and len(runs) >= count
 
 
 @pytest.fixture

@@ -176,7 +176,7 @@ def run_point(points_file: Path, index: int) -> None:
         os.environ["MLFLOW_RUN_ID"] = entry["run_id"]
     try:
         run_training(config)
-    except BaseException:
+    except Exception:  # not SystemExit: a requeued or killed training has set its run's status itself
         mark_failed_if_unfinished(config, entry["run_id"])
         raise
 

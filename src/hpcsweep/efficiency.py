@@ -36,6 +36,10 @@ class EfficiencyMetrics(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.fit_started = time.perf_counter()
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed mid-epoch (SLURM requeue) continues its epoch without on_train_epoch_start
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)

@@ -125,6 +125,7 @@ class Batch:
 def prepare_batches(grid: Grid, points: list[Point], folder: Path, options: LaunchOptions,
                     run_ids: dict[int, str]) -> list[Batch]:
     batches = []
+    (folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
     ordered = sorted(points, key=shape_of)
     for number, (_, group) in enumerate(groupby(ordered, key=shape_of)):
         group = sorted(group, key=lambda p: p.index)

@@ -28,8 +28,9 @@ from hpcsweep.config import Config
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_STATE = "run.json"
-SLURM_TAGS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
-              "slurm_array_job_id": "SLURM_ARRAY_JOB_ID"}
+# an array task is named ARRAYJOB_TASK by every SLURM command: slurm_job_id is the array's id
+# (as the launcher tags it), not the task's own SLURM_JOB_ID
+SLURM_TAGS = {"slurm_job_id": ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID"), "slurm_array_task_id": ("SLURM_ARRAY_TASK_ID",)}
 
 
 def tracking_uri(config: Config) -> str:
@@ -137,12 +138,16 @@ def log_missing_params(run_id: str, params: dict[str, object]) -> None:
 def run_tags(config: Config) -> dict[str, str]:
     tags = {"config_hash": config.hash, "git_commit": git_commit(),
             "data_md5": data_md5(Path(config.data.prepared_dir)), "host": socket.gethostname()}
-    tags.update({tag: os.environ[variable] for tag, variable in SLURM_TAGS.items() if variable in os.environ})
+    for tag, variables in SLURM_TAGS.items():
+        value = next((os.environ[v] for v in variables if v in os.environ), None)
+        if value is not None:
+            tags[tag] = value
     return tags
 
 
 def finish_run(run_dir: Path, status: str, metrics: dict[str, float], artifacts: list[Path]) -> None:
-    """Log the final figures and checkpoints, close the run with `status` (FINISHED, FAILED, KILLED)."""
+    """Log the final figures and checkpoints, close the run with `status` (FINISHED, FAILED, KILLED, or
+    SCHEDULED when a requeued job will resume it)."""
     mlflow.log_metrics(metrics)
     for path in artifacts:
         mlflow.log_artifact(str(path), artifact_path="checkpoints")

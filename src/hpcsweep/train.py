@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -114,6 +115,10 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
+def requeued(run_dir: Path, since: float) -> bool:
+    return any(path.stat().st_mtime >= since for path in run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
 def train(config: Config) -> TrainResult:
     """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
     quiet_known_warnings()
@@ -138,12 +143,15 @@ def train(config: Config) -> TrainResult:
                                    seed=config.train.seed, limit_train_samples=config.train.limit_train_samples)
     module = ResNetModule.from_config(config.train)
     status = "FAILED"
+    started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule,
                     ckpt_path=str(resume) if resume else None)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
+        # SLURM's SIGUSR1: Lightning saved an hpc checkpoint and requeued the job, which is
+        # now being stopped; the run waits for the restarted job, SCHEDULED, not KILLED
+        status = "SCHEDULED" if requeued(run_dir, started) else "KILLED"
         raise
     finally:
         if monitor:

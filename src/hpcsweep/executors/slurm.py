@@ -36,6 +36,9 @@ ${directives}
 
 # rendered by hpcsweep: task $$SLURM_ARRAY_TASK_ID of this array trains point $$SLURM_ARRAY_TASK_ID
 set -euo pipefail
+# SIGUSR1 is for the training step (Lightning checkpoints and requeues); the batch shell would
+# die of it (`scancel --signal=USR1 --full`, `--signal=B:USR1`), failing the job under it
+trap 'echo "hpcsweep: SIGUSR1 reached the batch shell; the training step handles it"' USR1
 ${setup}
 # the first node of the allocation hosts the process group (sites whose node names do not
 # resolve set HPCSWEEP_MASTER_ADDR)

@@ -1,0 +1,291 @@
+"""The report against a real grid of runs (2 optimizers x 2 seeds, one point that fails), plus the
+pure parts (Pareto front, seed aggregation, scaling) on hand-made runs whose answers are known."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from hpcsweep import report, report_plots
+from hpcsweep.errors import UserError
+from hpcsweep.report import IDENTITY, RunRecord
+from test_grid import grid_command, write_grid
+from test_train import environment
+
+TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
+FILES = {"index.html", "table.csv", "table.md", "table.html", "summary.json", "summary.md", "pareto.csv", "curves.csv",
+         "accuracy_vs_time.png", "pareto.png", "train_loss.png"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --- a real study, run once for the module ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, synthetic_archive, tracking_server) -> dict:
+    """sgd and adam (lr 0.001) x seeds 0 and 1, and an rmsprop point that fails: its batch is larger
+    than the 30 images it may use. Seeds come through variants so that the failing point has only
+    one: five processes, the slowest part of this file (a failure by a 1 MB probe takes ~50 s)."""
+    from hpcsweep.data.cifar10 import import_archive
+    from hpcsweep.data.prepare import prepare
+
+    project = tmp_path_factory.mktemp("report-project")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(raw_dir=str(project / "data/raw"), prepared_dir=str(project / "data/prepared"))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    import_archive(synthetic_archive, project / "data/raw")
+    prepare(project / "data/raw", project / "data/prepared")
+    name = f"report{os.getpid()}"
+    grid = write_grid(project, {"name": name, "experiment": f"{name}-exp", "base": TINY,
+                                "grid": {"optimizer": ["sgd", "adam", "rmsprop"]},
+                                "variants": [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1},
+                                             {"optimizer": "adam", "lr": 0.001, "seed": 0},
+                                             {"optimizer": "adam", "lr": 0.001, "seed": 1},
+                                             {"optimizer": "rmsprop", "limit_train_samples": 30}]})
+    done = subprocess.run(grid_command(grid, "--executor", "local"), cwd=project, env=environment(tracking_server),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"uri": tracking_server, "grid": name, "experiment": f"{name}-exp", "project": project}
+
+
+@pytest.fixture(scope="module")
+def built(study, tmp_path_factory) -> Path:
+    client = mlflow.MlflowClient(study["uri"])
+    return report.build_report(client, tmp_path_factory.mktemp("out") / "report", grid=study["grid"])
+
+
+def point_runs_by_optimizer(uri: str, grid: str) -> dict[str, list]:
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.grid = '{grid}' and tags.`hpcsweep.role` = 'point'")
+    grouped: dict[str, list] = {}
+    for run in runs:
+        grouped.setdefault(run.data.params["optimizer"], []).append(run)
+    return grouped
+
+
+def history(uri: str, run, metric: str) -> list[float]:
+    measurements = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, metric)
+    return [m.value for m in sorted(measurements, key=lambda m: m.step)]
+
+
+def table_of(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "table.csv", dtype={"optimizer": str}).set_index("optimizer")
+
+
+@pytest.mark.slow
+def test_each_configuration_aggregates_its_finished_seeds_as_mlflow_holds_them(study, built):
+    table = table_of(built)
+    runs = point_runs_by_optimizer(study["uri"], study["grid"])
+    assert sorted(table.index) == ["adam", "rmsprop", "sgd"]
+    for optimizer in ("sgd", "adam"):
+        seeds, row = runs[optimizer], table.loc[optimizer]
+        assert {run.info.status for run in seeds} == {"FINISHED"} and len(seeds) == 2
+        final = [history(study["uri"], run, "val/acc")[-1] for run in seeds]
+        best = [max(history(study["uri"], run, "val/acc")) for run in seeds]
+        total = [run.data.metrics["total_time_s"] for run in seeds]
+        speed = [statistics.fmean(history(study["uri"], run, "train/images_per_s")) for run in seeds]
+        assert (row["status"], row["n_seeds"], row["runs"]) == ("2 FINISHED", 2, 2)
+        assert row["val/acc"] == pytest.approx(statistics.fmean(final))
+        assert row["val/acc_std"] == pytest.approx(statistics.stdev(final))
+        assert row["best_val_acc"] == pytest.approx(statistics.fmean(best))
+        assert row["best_val_acc_std"] == pytest.approx(statistics.stdev(best))
+        assert row["total_time_s"] == pytest.approx(statistics.fmean(total))
+        assert row["gpu_hours"] == pytest.approx(statistics.fmean(total) / 3600)  # 1 device x 1 node
+        assert row["train/images_per_s"] == pytest.approx(statistics.fmean(speed))
+        assert (row["batch_size"], row["micro_batch_size_used"], row["accumulate_grad_batches"]) == (60, 60, 1)
+        assert math.isnan(row["time_to_target_s"]) and row["n_reached_target"] == 0  # 0.9 on 300 images: never
+    assert table.loc["adam", "lr"] == 0.001 and table.loc["sgd", "lr"] == 0.1
+    assert "seed" not in table.columns
+
+
+@pytest.mark.slow
+def test_the_failed_configuration_is_shown_and_never_averaged_in(study, built):
+    row = table_of(built).loc["rmsprop"]
+    assert (row["status"], row["n_seeds"], row["runs"]) == ("1 FAILED", 0, 1)
+    assert math.isnan(row["val/acc"]) and math.isnan(row["gpu_hours"])
+    assert re.search(r"\| rmsprop \|.*\| 1 FAILED \| 0 \| – \|", (built / "table.md").read_text())
+    summary = json.loads((built / "summary.json").read_text())
+    assert (summary["configurations"], summary["finished_configurations"]) == (3, 2)
+    assert (summary["runs"], summary["finished_runs"], summary["failed_runs"]) == (5, 4, 1)
+    assert not pd.read_csv(built / "pareto.csv")["configuration"].str.contains("rmsprop").any()
+    text = (built / "summary.md").read_text()
+    assert "Not all runs finished for optimizer=rmsprop" in text and "1 FAILED" in text
+    recommended = re.search(r"Recommendation: (.*)", text).group(1)
+    assert "rmsprop" not in recommended and ("adam" in recommended or "sgd" in recommended)
+
+
+@pytest.mark.slow
+def test_every_file_is_written_and_the_page_embeds_the_table_and_loadable_images(built):
+    assert {path.name for path in built.iterdir()} == FILES
+    page = (built / "index.html").read_text()
+    assert "<table class='sortable'>" in page and "addEventListener(\"click\"" in page
+    assert all(f"<td data-sort='{word}'>{word}</td>" in page for word in ("sgd", "adam", "rmsprop"))
+    images = re.findall(r"<img alt='[^']*' src='data:image/png;base64,([^']+)'>", page)
+    assert len(images) == 3 and all(base64.b64decode(image).startswith(PNG) for image in images)
+    assert all((built / name).read_bytes().startswith(PNG) for name in FILES if name.endswith(".png"))
+    assert page.count("Not drawn:") == 2 and "batch_size does not vary" in page  # nor do the GPUs
+    curves = pd.read_csv(built / "curves.csv")
+    assert list(curves.columns) == ["configuration", "epoch", "wall_time_s", "val_acc", "train_loss"]
+    assert len(curves) == 2 * 2  # two finished configurations x two epochs
+
+
+@pytest.mark.slow
+def test_the_report_is_uploaded_onto_the_grid_launch_run(study, built):
+    client = mlflow.MlflowClient(study["uri"])
+    launch = client.search_runs([client.get_experiment_by_name(study["experiment"]).experiment_id],
+                                "tags.`hpcsweep.role` = 'launch'")[0]
+    uploaded = {artifact.path for artifact in client.list_artifacts(launch.info.run_id, "report")}
+    assert {f"report/{name}" for name in FILES} == uploaded
+
+
+@pytest.mark.slow
+def test_a_target_given_at_report_time_is_timed_from_the_val_acc_history(study, tmp_path):
+    runs = point_runs_by_optimizer(study["uri"], study["grid"])["sgd"]
+    histories = [(history(study["uri"], r, "val/acc"), history(study["uri"], r, "epoch_time_s")) for r in runs]
+    target = min(max(accuracy) for accuracy, _ in histories)  # every seed reaches it
+    expected = [sum(seconds[: next(i for i, a in enumerate(accuracy) if a >= target) + 1])
+                for accuracy, seconds in histories]
+    out = report.build_report(mlflow.MlflowClient(study["uri"]), tmp_path / "r", experiment=study["experiment"],
+                              target_accuracy=target)
+    row = table_of(out).loc["sgd"]
+    assert row["time_to_target_s"] == pytest.approx(statistics.fmean(expected))
+    assert row["n_reached_target"] == 2 and row["target_accuracy"] == pytest.approx(target)
+    assert "recomputed" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_dvc_reads_the_summary_as_metrics_and_the_csv_files_as_plots(built, tmp_path):
+    (tmp_path / "report").mkdir()
+    for name in ("summary.json", "pareto.csv", "curves.csv"):
+        (tmp_path / "report" / name).write_bytes((built / name).read_bytes())
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({
+        "metrics": ["report/summary.json"],
+        "plots": [{"report/pareto.csv": {"x": "gpu_hours", "y": "val_acc"}},
+                  {"report/curves.csv": {"x": "wall_time_s", "y": "val_acc"}}]}))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for command in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, check=True)
+    shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    metrics = json.loads(shown.stdout)[""]["data"]["report/summary.json"]["data"]
+    assert metrics == json.loads((built / "summary.json").read_text())
+    plots = subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    data = json.loads(plots.stdout)["data"]
+    values = data["report/pareto.csv"][0]["content"]["data"]["values"]
+    assert len(values) == 2 and {"gpu_hours", "val_acc", "configuration"} <= set(values[0])
+
+
+def test_unknown_experiments_and_grids_and_empty_experiments_are_one_line_errors(tracking_server, tmp_path):
+    client = mlflow.MlflowClient(tracking_server)
+    empty = f"empty{os.getpid()}"
+    client.create_experiment(empty)
+    cases = [({"experiment": "no-such-experiment"}, "no experiment named 'no-such-experiment'"),
+             ({"grid": "no-such-grid"}, "no grid named 'no-such-grid'"),
+             ({"experiment": empty}, f"experiment '{empty}'"),
+             ({}, "exactly one of --experiment NAME or --grid NAME"),
+             ({"experiment": empty, "grid": "g"}, "exactly one of"),
+             ({"experiment": empty, "target_accuracy": 1.5}, "--target-accuracy=1.5")]
+    for arguments, expected in cases:
+        with pytest.raises(UserError) as error:
+            report.build_report(client, tmp_path / "out", **arguments)
+        assert expected in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends_nothing(tracking_server, tmp_path):
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = f"allfailed{os.getpid()}"
+    experiment_id = client.create_experiment(experiment)
+    for seed in (0, 1):
+        run = client.create_run(experiment_id, tags={"config_hash": f"h{seed}"})
+        for key, value in {"optimizer": "lamb", "batch_size": 8192, "seed": seed, "devices": 1, "num_nodes": 1,
+                           "micro_batch_size": "auto", "target_accuracy": 0.9}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FAILED")
+    out = report.build_report(client, tmp_path / "report", experiment=experiment)
+    text = (out / "summary.md").read_text()
+    assert "no configuration finished" in text and "Recommendation: none" in text
+    assert pd.read_csv(out / "table.csv")["status"].tolist() == ["2 FAILED"]
+    assert json.loads((out / "summary.json").read_text())["failed_runs"] == 2
+    assert (out / "index.html").read_text().count("Not drawn:") == 5
+
+
+# --- the pure parts on hand-made runs ---------------------------------------------------------------
+
+def test_pareto_front_on_a_hand_checked_table():
+    table = pd.DataFrame({"gpu_hours": [1.0, 2.0, 2.0, 3.0, 0.5, 4.0, 1.0],
+                          "val/acc": [0.80, 0.85, 0.84, 0.85, 0.70, 0.90, 0.80]})
+    # 2.0/0.84 loses to 2.0/0.85; 3.0/0.85 to 2.0/0.85; the twin 1.0/0.80 points do not beat each other
+    assert report.pareto_front(table).tolist() == [True, True, False, False, True, True, True]
+    assert report.pareto_front(table.iloc[:0]).tolist() == []
+
+
+def record(run_id: str, status: str = "FINISHED", accuracy=(0.5, 0.6), seconds=(10.0, 10.0), speed=100.0,
+           **params) -> RunRecord:
+    values = {name: "x" for name in IDENTITY} | {"optimizer": "sgd", "batch_size": "128", "devices": "1",
+                                                 "num_nodes": "1", "strategy": "auto", "micro_batch_size": "auto",
+                                                 "target_accuracy": "0.9", "seed": "0"}
+    values |= {key: str(value) for key, value in params.items()}
+    finished = status == "FINISHED"
+    history = {"val/acc": list(accuracy), "epoch_time_s": list(seconds), "train/loss": [2.0, 1.0][: len(accuracy)],
+               "train/images_per_s": [speed] * len(accuracy)} if finished else {}
+    metrics = {"total_time_s": sum(seconds), "micro_batch_size": 64.0, "accumulate_grad_batches": 2.0} if finished else {}
+    return RunRecord(run_id, status, values, metrics, history)
+
+
+def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged():
+    records = [record("a", accuracy=(0.4, 0.6), seed=0), record("b", accuracy=(0.5, 0.8), seed=1),
+               record("c", "FAILED", seed=2), record("d", "RUNNING", seed=3),
+               record("e", accuracy=(0.3, 0.5), optimizer="adam")]
+    found, varying = report.configurations(records)
+    table = report.configuration_table(found, target=0.55).set_index("optimizer")
+    sgd = table.loc["sgd"]
+    assert varying == ["optimizer"] and sgd["status"] == "2 FINISHED, 1 FAILED, 1 RUNNING"
+    assert (sgd["runs"], sgd["n_seeds"]) == (4, 2)
+    assert sgd["val/acc"] == pytest.approx(0.7) and sgd["val/acc_std"] == pytest.approx(statistics.stdev([0.6, 0.8]))
+    assert sgd["time_to_target_s"] == pytest.approx(statistics.fmean([20.0, 20.0])) and sgd["n_reached_target"] == 2
+    assert table.loc["adam", "n_reached_target"] == 0 and math.isnan(table.loc["adam", "val/acc_std"])  # one seed
+
+
+def test_scaling_compares_each_gpu_count_with_the_one_gpu_run_of_the_same_other_params():
+    records = [record("1", speed=100.0), record("2", speed=180.0, devices=2, strategy="ddp"),
+               record("4", speed=200.0, devices=2, num_nodes=2, strategy="ddp"),
+               record("x", speed=999.0, devices=2, strategy="ddp", optimizer="adam")]  # no 1-GPU adam: no baseline
+    found, varying = report.configurations(records)
+    frame = report.scaling_frame(report.configuration_table(found), varying)
+    assert frame["gpus"].tolist() == [1, 2, 4] and set(frame["group"]) == {"optimizer=sgd"}
+    assert frame["speedup"].tolist() == pytest.approx([1.0, 1.8, 2.0])
+    assert frame["efficiency"].tolist() == pytest.approx([1.0, 0.9, 0.5])
+
+
+def test_batch_size_and_scaling_plots_are_drawn_when_their_parameter_varies(tmp_path):
+    records = [record(f"{o}{b}", accuracy=(0.5, 0.5 + b / 10_000), optimizer=o, batch_size=b)
+               for o in ("sgd", "adam") for b in (128, 1024)]
+    records += [record("ddp", devices=4, strategy="ddp", speed=350.0, batch_size=128)]
+    analysed = report.analyse(records, "hand-made", "test", None)
+    report.write_files(analysed, tmp_path)
+    assert {"batch_size.png", "scaling.png"} <= {path.name for path in tmp_path.iterdir()}
+    assert "Not drawn" not in (tmp_path / "index.html").read_text()
+    assert report_plots.against_batch_size(analysed.table.iloc[:1], analysed.varying).skipped
+
+
+def test_only_the_newest_run_of_each_config_hash_counts():
+    class Run:  # the two attributes newest_per_config reads
+        def __init__(self, run_id, config_hash):
+            self.info = type("Info", (), {"run_id": run_id})()
+            self.data = type("Data", (), {"tags": {"config_hash": config_hash} if config_hash else {}})()
+
+    newest_first = [Run("new", "h1"), Run("other", "h2"), Run("old", "h1"), Run("untagged", None)]
+    assert [run.info.run_id for run in report.newest_per_config(newest_first)] == ["new", "other", "untagged"]
