@@ -289,3 +289,25 @@ def test_only_the_newest_run_of_each_config_hash_counts():
 
     newest_first = [Run("new", "h1"), Run("other", "h2"), Run("old", "h1"), Run("untagged", None)]
     assert [run.info.run_id for run in report.newest_per_config(newest_first)] == ["new", "other", "untagged"]
+
+
+def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best():
+    hours = {"a": 2.0, "b": 1.0, "c": 0.5}  # one epoch each, so epoch time = total time
+    accuracy = {"a": 0.90, "b": 0.895, "c": 0.80}
+    records = [record(name, accuracy=(accuracy[name],), seconds=(hours[name] * 3600,), optimizer=name,
+                      target_accuracy=0.85) for name in hours]
+    analysed = report.analyse(records, "hand-made", "test", target=0.85)
+    most, budget, fastest, advice, recomputed = analysed.sentences
+    assert recomputed.startswith("Time to target recomputed for val/acc 0.85")
+    assert most.startswith("Most accurate: optimizer=a (val/acc 0.9000 over 1 seed, 2 GPU-hours)")
+    assert budget.startswith("Best under 1 GPU-hours (the median cost): optimizer=b")
+    assert fastest.startswith("Fastest to 85% val/acc (the target): optimizer=b, after 3600.0 s")
+    assert advice.startswith("Recommendation: optimizer=b") and "for 50% of its GPU-hours" in advice
+    assert "single seed" in advice
+    assert analysed.front.tolist() == [True, True, True]
+
+
+def test_numbers_spelled_differently_are_one_configuration():
+    assert {report.normalised(v) for v in ("1e-3", "0.001", "0.0010")} == {"0.001"}
+    assert report.normalised("1") == report.normalised("1.0") == "1" and report.normalised("auto") == "auto"
+    assert report.shareable("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"

@@ -15,6 +15,7 @@ import json
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -30,6 +31,7 @@ from hpcsweep.grid import MAX_POINTS_WITHOUT_YES, Grid, Point
 from hpcsweep.tracking import DEFAULT_URI, tracking_uri
 
 LAUNCH_ROOT = Path("runs")
+CLIENT_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,9 @@ def launch(grid: Grid, options: LaunchOptions) -> Path:
             slurm.test_only(batch.script)  # a partition or account sbatch refuses: no run is created
     document = grid_runs.points_document(grid.name, grid.points, {})
     parent = grid_runs.create_parent(client, grid, experiment, options.command, document)
-    run_ids = {p.index: grid_runs.create_child(client, experiment, parent, grid, p) for p in todo}
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # a round trip each: 1000 in sequence take minutes
+        created = pool.map(lambda p: grid_runs.create_child(client, experiment, parent, grid, p), todo)
+        run_ids = dict(zip((p.index for p in todo), created))
     batches = prepare_batches(grid, todo, folder, options, run_ids)
     print(f"{grid.name}: {len(todo)} of {len(grid.points)} points to run, experiment {grid.experiment!r}, "
           f"parent run {parent}")
@@ -205,10 +209,15 @@ def run_batches(client: mlflow.MlflowClient, batches: list[Batch], run_ids: dict
             for point in batch.points:
                 grid_runs.finish(client, run_ids[point.index], "FAILED")
             raise
-        for task, point in enumerate(batch.points):
-            client.set_tag(run_ids[point.index], "slurm_job_id", batch.job_id)
-            client.set_tag(run_ids[point.index], "slurm_array_task_id", str(task))
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            list(pool.map(lambda task: tag_with_job(client, run_ids[batch.points[task].index], batch.job_id, task),
+                          range(len(batch.points))))
         print(f"submitted job array {batch.job_id} ({len(batch.points)} points): {batch.script}")
+
+
+def tag_with_job(client: mlflow.MlflowClient, run_id: str, job_id: str, task: int) -> None:
+    client.log_batch(run_id, tags=[mlflow.entities.RunTag("slurm_job_id", job_id),
+                                   mlflow.entities.RunTag("slurm_array_task_id", str(task))])
 
 
 def report_files(grid: Grid, batches: list[Batch], what: str) -> None:

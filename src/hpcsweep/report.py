@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import statistics
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -90,13 +91,13 @@ class Configuration:
 # --- reading MLflow ---------------------------------------------------------------------------
 
 def normalised(value: str) -> str:
-    """One spelling per value: `mlflow run` may log 1e-3 where the launcher logs 0.001."""
-    for kind in (int, float):
-        try:
-            return str(kind(value))
-        except ValueError:
-            continue
-    return value
+    """One spelling per number: `mlflow run -P lr=1e-3` logs what the launcher logs as 0.001, and
+    `-P lr=1` what it logs as 1.0; whole numbers lose their `.0`, others keep Python's shortest form."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def epoch_series(measurements) -> list[float]:
@@ -153,7 +154,8 @@ def runs_of_grid(client: mlflow.MlflowClient, name: str) -> tuple[list, str | No
     return runs, launches[0].info.run_id if launches else None
 
 
-def fetch_records(client: mlflow.MlflowClient, experiment: str | None, grid: str | None) -> tuple[list[RunRecord], str | None]:
+def fetch_records(client: mlflow.MlflowClient, experiment: str | None,
+                  grid: str | None) -> tuple[list[RunRecord], str | None]:
     """The newest run of every configuration hash, as records, and the launch run to upload onto."""
     if (experiment is None) == (grid is None):
         raise UserError("report: give exactly one of --experiment NAME or --grid NAME")
@@ -215,7 +217,8 @@ def configuration_row(configuration: Configuration, target: float | None) -> dic
         "best_val_acc": mean_or_nan(best), "best_val_acc_std": std_or_nan(best),
         "time_to_target_s": mean_or_nan(reached), "n_reached_target": len(reached),
         "total_time_s": mean_or_nan(run.metrics.get("total_time_s") for run in done),
-        "train/images_per_s": mean_or_nan(mean_or_nan(run.history.get("train/images_per_s", [])) for run in done),
+        "train/images_per_s": mean_or_nan(mean_or_nan(run.history.get("train/images_per_s", []))
+                                          for run in done),
         "gpu_hours": mean_or_nan(run.gpus * run.metrics.get("total_time_s", math.nan) / 3600 for run in done),
         # seeds should agree; if an out-of-memory retry made one differ, show the plan a rerun must expect
         "micro_batch_size_used": min(micro) if micro else math.nan,
@@ -266,10 +269,10 @@ def describe(row: pd.Series) -> str:
 
 
 def typical_accuracy(found: list[Configuration]) -> float:
-    """An accuracy about half the configurations' runs reached (median best val/acc, whole percent
-    down): when nothing reached the target, "fastest to X" still separates them."""
+    """An accuracy about half the finished runs reached (their median best val/acc, whole percent
+    down): when nothing reached the target, "fastest to X" still separates the configurations."""
     best = [max(run.history[ACCURACY]) for c in found for run in c.finished if run.history.get(ACCURACY)]
-    return math.floor(statistics.median(best) * 100) / 100
+    return math.floor(statistics.median(best) * 100) / 100 if best else math.nan
 
 
 def fastest(candidates: list[tuple[float, str, int, int]]) -> tuple[float, str, int, int] | None:
@@ -327,7 +330,8 @@ def recommendation(table: pd.DataFrame) -> str:
     good = done[done[ACCURACY] >= best[ACCURACY] - margin]
     choice = good.loc[good["gpu_hours"].idxmin()]
     if choice["configuration"] == best["configuration"]:
-        advice = f"Recommendation: {describe(best)}: the most accurate, and nothing within {margin:.3f} of it is cheaper."
+        advice = (f"Recommendation: {describe(best)}: the most accurate, and nothing within {margin:.3f} "
+                  f"of it is cheaper.")
     else:
         share = choice["gpu_hours"] / best["gpu_hours"] if best["gpu_hours"] else math.nan
         advice = (f"Recommendation: {describe(choice)}: within {margin:.3f} val/acc of the most accurate "
@@ -358,7 +362,8 @@ def scaling_frame(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
         label = ", ".join(f"{name}={key[others.index(name)]}" for name in label_keys) or "all"
         baseline = single["train/images_per_s"].iloc[0]
         for gpus, speed in zip(group["gpus"], group["train/images_per_s"]):
-            rows.append({"group": label, "gpus": gpus, "speedup": speed / baseline, "efficiency": speed / baseline / gpus})
+            rows.append({"group": label, "gpus": gpus, "speedup": speed / baseline,
+                         "efficiency": speed / baseline / gpus})
     return pd.DataFrame(rows, columns=["group", "gpus", "speedup", "efficiency"]).sort_values(["group", "gpus"])
 
 
@@ -388,8 +393,9 @@ def summary_numbers(records: list[RunRecord], table: pd.DataFrame, front: pd.Ser
     statuses = Counter(record.status for record in records)
     done = finished_rows(table)
     numbers = {"configurations": len(table), "finished_configurations": len(done), "runs": len(records),
-               "finished_runs": statuses[FINISHED], "failed_runs": statuses["FAILED"], "killed_runs": statuses["KILLED"],
-               "unfinished_runs": statuses["SCHEDULED"] + statuses["RUNNING"], "pareto_configurations": int(front.sum()),
+               "finished_runs": statuses[FINISHED], "failed_runs": statuses["FAILED"],
+               "killed_runs": statuses["KILLED"], "unfinished_runs": statuses["SCHEDULED"] + statuses["RUNNING"],
+               "pareto_configurations": int(front.sum()),
                "study_gpu_hours": sum(r.gpus * r.metrics.get("total_time_s", 0.0) for r in records) / 3600}
     if not done.empty:
         best = done.loc[done[ACCURACY].idxmax()]
@@ -412,8 +418,8 @@ def shown_params(varying: list[str]) -> list[str]:
 def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tuple[str, object]]]:
     """The table as people read it: (text, sort value) per column, mean ± std in one cell."""
     def spread(row, name):
-        text = number(row[name], ".4f") + (f" ± {row[name + '_std']:.4f}" if not math.isnan(row[name + "_std"]) else "")
-        return text, row[name]
+        std = row[f"{name}_std"]
+        return number(row[name], ".4f") + ("" if math.isnan(std) else f" ± {std:.4f}"), row[name]
 
     def micro(row):
         used = number(row["micro_batch_size_used"], ".0f")
@@ -425,7 +431,8 @@ def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tupl
             return "–", math.nan
         if math.isnan(row["time_to_target_s"]):
             return f"not reached ({row['target_accuracy']})", math.inf
-        return f"{row['time_to_target_s']:.1f} ({row['n_reached_target']}/{row['n_seeds']} seeds)", row["time_to_target_s"]
+        seeds = f"{row['n_reached_target']}/{row['n_seeds']} seeds"
+        return f"{row['time_to_target_s']:.1f} ({seeds})", row["time_to_target_s"]
 
     columns = {**{name: (lambda row, name=name: (row[name], row[name])) for name in shown_params(varying)},
                "status": lambda row: (row["status"], row["status"]),
@@ -451,13 +458,15 @@ def markdown_table(rows: list[dict[str, tuple[str, object]]]) -> str:
 
 
 SORT_SCRIPT = """<script>
-// Click a header to sort by it; click again to reverse. Cells carry their raw value in data-sort.
+// Click a header to sort by it, again to reverse. Cells carry their raw value in data-sort;
+// blank values (nothing finished) stay last either way.
 document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEventListener("click", () => {
   const body = th.closest("table").tBodies[0], up = th.dataset.order !== "up";
   th.dataset.order = up ? "up" : "down";
   const value = row => row.cells[column].dataset.sort, rows = [...body.rows].sort((a, b) => {
-    const x = value(a), y = value(b), nx = parseFloat(x), ny = parseFloat(y);
-    const order = isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny;
+    const x = value(a), y = value(b), nx = Number(x), ny = Number(y);
+    if (x === "" || y === "") return (x === "") - (y === "");
+    const order = isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : (nx > ny) - (nx < ny);
     return up ? order : -order;
   });
   body.append(...rows);
@@ -465,11 +474,18 @@ document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEve
 </script>"""
 
 
+def sort_key(value: object) -> str:
+    """What the page's script sorts on: JavaScript's spelling of infinity, blank for no value."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return "Infinity" if value == math.inf else str(value)
+
+
 def html_table(rows: list[dict[str, tuple[str, object]]]) -> str:
     if not rows:
         return "<p>No runs.</p>"
     head = "".join(f"<th title='click to sort'>{html.escape(name)}</th>" for name in rows[0])
-    body = "".join("<tr>" + "".join(f"<td data-sort='{html.escape(str(sort))}'>{html.escape(str(text))}</td>"
+    body = "".join("<tr>" + "".join(f"<td data-sort='{html.escape(sort_key(sort))}'>{html.escape(str(text))}</td>"
                                     for text, sort in row.values()) + "</tr>\n" for row in rows)
     return f"<table class='sortable'>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n{SORT_SCRIPT}"
 
@@ -514,14 +530,24 @@ class Report:
     sentences: list[str]
 
 
+def runs_target(table: pd.DataFrame) -> float:
+    """The target_accuracy the runs were trained with (a grid normally shares one)."""
+    for value in table["target_accuracy"]:
+        try:
+            return float(value)
+        except ValueError:
+            continue
+    return math.nan
+
+
 def analyse(records: list[RunRecord], title: str, source: str, target: float | None) -> Report:
     found, varying = configurations(records)
     table = configuration_table(found, target)
     done = finished_rows(table)
     front = pd.Series(False, index=table.index, dtype=bool)
     front[done.index] = pareto_front(done)
-    runs_target = target if target is not None else float(table["target_accuracy"].iloc[0])
-    sentences = [*findings(found, table, runs_target), recommendation(table), *problems(table)]
+    sentences = [*findings(found, table, target if target is not None else runs_target(table)),
+                 recommendation(table), *problems(table)]
     if target is not None:
         sentences.append(f"Time to target recomputed for val/acc {target} from each run's val/acc history "
                          f"and cumulative epoch_time_s.")
@@ -538,7 +564,8 @@ def write_files(report: Report, folder: Path) -> None:
     rows = display_rows(report.table, report.varying)
     curves = curves_frame(report.found)
     pareto = pareto_points(report)
-    plots = report_plots.draw_all(curves, pareto, report.table, report.varying, scaling_frame(report.table, report.varying))
+    plots = report_plots.draw_all(curves, pareto, report.table, report.varying,
+                                  scaling_frame(report.table, report.varying))
     report.table.to_csv(folder / "table.csv", index=False)
     (folder / "table.md").write_text(markdown_table(rows))
     (folder / "table.html").write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{STYLE}</head><body>\n"
@@ -555,6 +582,15 @@ def write_files(report: Report, folder: Path) -> None:
                                             constant_params(report.table, report.varying), html_table(rows), plots))
 
 
+def shareable(uri: str) -> str:
+    """The tracking URI without a password: reports are passed around (postgresql://user:secret@...)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def build_report(client: mlflow.MlflowClient, out_dir: Path, experiment: str | None = None, grid: str | None = None,
                  target_accuracy: float | None = None) -> Path:
     """Write the report of an experiment's or a grid's runs into `out_dir` (replacing it whole) and
@@ -563,10 +599,11 @@ def build_report(client: mlflow.MlflowClient, out_dir: Path, experiment: str | N
         raise UserError(f"--target-accuracy={target_accuracy}: expected a fraction in (0, 1], e.g. 0.9")
     records, launch = fetch_records(client, experiment, grid)
     if not records:
-        raise UserError(f"{'grid' if grid else 'experiment'} {grid or experiment!r}: its runs hold no params to compare")
+        what = f"grid {grid!r}" if grid else f"experiment {experiment!r}"
+        raise UserError(f"{what}: its runs hold no params, so no configuration to compare")
     title = f"hpcsweep report: {'grid ' + grid if grid else 'experiment ' + experiment}"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    source = (f"{len(records)} runs (the newest per configuration hash) from {client.tracking_uri}, {stamp}. "
+    source = (f"{len(records)} runs (the newest per configuration hash) from {shareable(client.tracking_uri)}, {stamp}. "
               f"Means and standard deviations are over FINISHED seeds only.")
     report = analyse(records, title, source, target_accuracy)
     out_dir = Path(out_dir)

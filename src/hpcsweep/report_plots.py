@@ -139,7 +139,8 @@ def scaling(frame: pd.DataFrame) -> Plot:
     speedup.plot([1, most], [1, most], linestyle="--", color="0.5", label="ideal")
     efficiency.axhline(1.0, linestyle="--", color="0.5", label="ideal")
     speedup.set(xlabel="GPUs", ylabel="speed-up (train/images_per_s over 1 GPU)")
-    efficiency.set(xlabel="GPUs", ylabel="scaling efficiency (speed-up / GPUs)", ylim=(0, 1.1 * max(1.0, frame["efficiency"].max())))
+    efficiency.set(xlabel="GPUs", ylabel="scaling efficiency (speed-up / GPUs)",
+                   ylim=(0, 1.1 * max(1.0, frame["efficiency"].max())))
     for axes in (speedup, efficiency):
         axes.set_xticks(sorted(frame["gpus"].unique()))
         axes.grid(alpha=0.3)
