@@ -204,3 +204,9 @@ def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking
         line for script in scripts for line in script.read_text().splitlines()}
     assert len(sorted(project.glob(f"runs/{name}/*/points-*.json"))) == 2
     assert point_runs(tracking_server, name) == []
+
+
+@pytest.mark.parametrize("grid_file", sorted((ROOT / "slurm/grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_study_grids_are_valid(grid_file):
+    grid = load_grid(grid_file, ROOT / "params.yaml", {})
+    assert grid.name == grid_file.stem and grid.points
