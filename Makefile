@@ -20,9 +20,11 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# The DVC pipeline: download (or import data.archive) -> prepare -> train the params.yaml config.
+# The main job: data (download, or import data.archive) -> prepare -> the cpu-demo study through
+# the local executor -> its report (dvc repro report; `dvc repro train` trains params.yaml's config).
 run: $(INSTALLED)
-	dvc repro
+	dvc repro report
+	@echo "report: $(CURDIR)/reports/index.html"
 
 test: $(INSTALLED)
 	python -m pytest -m "not gpu"

@@ -191,3 +191,23 @@ def mark_failed_if_unfinished(config, run_id: str | None) -> None:
         client = tracking_client(config)
         if grid_runs.is_active(client.get_run(run_id)):
             grid_runs.finish(client, run_id, "FAILED")
+
+
+@main.command()
+@click.option("--experiment", help="Report on every run of this MLflow experiment [tracking.experiment].")
+@click.option("--grid", "grid_name", help="Report on the runs of grid NAME (tag grid=NAME), in any experiment.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True,
+              help="Folder to write; replaced whole, never left half-written.")
+@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
+              help="Time each run to this val/acc from its history instead of its own target_accuracy.")
+@config_options
+def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
+    """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
+    from hpcsweep.report import build_report
+
+    if not experiment and not grid_name:
+        experiment = config.tracking.experiment
+    folder = build_report(tracking_client(config), out, experiment=experiment, grid=grid_name,
+                          target_accuracy=target_accuracy)
+    click.echo((folder / "summary.md").read_text().rstrip())
+    click.echo(f"written: {folder}/index.html (and table.csv, summary.json, ...)")

@@ -79,6 +79,8 @@ class RunRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Configuration:
+    """The runs of one set-up, seeds (and failed attempts) together; one row of the table."""
+
     key: tuple[str, ...]  # the IDENTITY params' values
     label: str
     runs: list[RunRecord]
@@ -520,6 +522,8 @@ def constant_params(table: pd.DataFrame, varying: list[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """Everything the files are written from, computed once."""
+
     title: str
     source: str
     records: list[RunRecord]

@@ -15,6 +15,7 @@ import io
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 WIDE = (10, 5)
 PAIR = (12, 4.5)
@@ -54,6 +55,8 @@ def per_configuration(curves: pd.DataFrame, name: str, title: str, y: str, ylabe
         axes.plot(curve[x], curve[y], marker="o", markersize=3, label=label, **style(index))
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes.set_xlim(left=0)
+    if x == "epoch":
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.5
     axes.grid(alpha=0.3)
     legend_outside(axes)
     return Plot(name, title, png_of(figure))
@@ -83,7 +86,7 @@ def pareto(points: pd.DataFrame) -> Plot:
     # front points are numbered on the plot and named in the legend: full labels would overlap
     for number, row in enumerate(front.itertuples(), start=1):
         axes.annotate(str(number), (row.gpu_hours, row.val_acc), textcoords="offset points",
-                      xytext=(4, 4 if number % 2 else -12),  # neighbours alternate above and below
+                      xytext=(4, -12 if number % 2 else 4),  # the front rises: odd ones below, even above
                       fontsize=9, color="tab:red", weight="bold")
         axes.plot([], [], " ", label=f"{number}: {row.configuration}")
     if points["gpu_hours"].max() > 10 * points["gpu_hours"].min() > 0:
