@@ -46,8 +46,8 @@ def test_cli_imports_prepares_and_reports_user_errors_in_one_line(project, synth
 
 @pytest.mark.slow
 def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # earlier tests' runs
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     for name in ("MLproject", "conda.yaml", "params.yaml"):
         (project / name).unlink(missing_ok=True)
     for name in ("MLproject", "conda.yaml"):
