@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from hpcsweep import report, report_plots
+from hpcsweep import grid_runs, report, report_plots
 from hpcsweep.errors import UserError
 from hpcsweep.report import IDENTITY, RunRecord
 from test_grid import grid_command, write_grid
@@ -282,13 +282,13 @@ def test_batch_size_and_scaling_plots_are_drawn_when_their_parameter_varies(tmp_
 
 
 def test_only_the_newest_run_of_each_config_hash_counts():
-    class Run:  # the two attributes newest_per_config reads
+    class Run:  # the two attributes latest_by_hash reads
         def __init__(self, run_id, config_hash):
             self.info = type("Info", (), {"run_id": run_id})()
             self.data = type("Data", (), {"tags": {"config_hash": config_hash} if config_hash else {}})()
 
     newest_first = [Run("new", "h1"), Run("other", "h2"), Run("old", "h1"), Run("untagged", None)]
-    assert [run.info.run_id for run in report.newest_per_config(newest_first)] == ["new", "other", "untagged"]
+    assert [run.info.run_id for run in grid_runs.latest_by_hash(newest_first).values()] == ["new", "other", "untagged"]
 
 
 def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best():

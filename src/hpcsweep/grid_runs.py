@@ -10,8 +10,6 @@ under the launch. The experiment is created here, once, before jobs start: concu
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run, RunStatus
@@ -32,11 +30,9 @@ def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
 def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str, points_json: str) -> str:
     run = client.create_run(experiment, tags={"grid": grid.name, ROLE: "launch",
                                               MLFLOW_RUN_NAME: f"{grid.name} launch"})
-    with tempfile.TemporaryDirectory() as folder:
-        files = {grid.path.name: grid.path.read_text(), "points.json": points_json, "command.txt": command + "\n"}
-        for name, text in files.items():
-            (Path(folder) / name).write_text(text)
-            client.log_artifact(run.info.run_id, str(Path(folder) / name), artifact_path="launch")
+    files = {grid.path.name: grid.path.read_text(), "points.json": points_json, "command.txt": command + "\n"}
+    for name, text in files.items():
+        client.log_text(run.info.run_id, text, f"launch/{name}")
     return run.info.run_id
 
 
@@ -51,18 +47,29 @@ def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid
     return run.info.run_id
 
 
+def search_newest_first(client: mlflow.MlflowClient, experiment_ids: list[str], query: str = "") -> list[Run]:
+    return client.search_runs(experiment_ids, query, max_results=50_000, order_by=["attributes.start_time DESC"])
+
+
 def grid_runs(client: mlflow.MlflowClient, grid_name: str) -> list[Run]:
     """Every point run of the grid, in any experiment, newest first."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.grid = '{grid_name}' and tags.`{ROLE}` = 'point'"
-    return client.search_runs(experiments, query, max_results=50_000, order_by=["attributes.start_time DESC"])
+    return search_newest_first(client, experiments, f"tags.grid = '{grid_name}' and tags.`{ROLE}` = 'point'")
 
 
 def latest_by_hash(runs: list[Run]) -> dict[str, Run]:
+    """The newest run of each config_hash (relaunches add runs); a run without one stands alone.
+    `runs` come newest first."""
     latest = {}
-    for run in runs:  # newest first: keep the first seen
-        latest.setdefault(run.data.tags.get("config_hash"), run)
+    for run in runs:
+        latest.setdefault(run.data.tags.get("config_hash") or run.info.run_id, run)
     return latest
+
+
+def job_key(run: Run) -> str | None:
+    """The array task a run was submitted as, named as SLURM names it: ARRAYJOB_TASK."""
+    tags = run.data.tags
+    return f"{tags['slurm_job_id']}_{tags.get('slurm_array_task_id', '0')}" if "slurm_job_id" in tags else None
 
 
 def finish(client: mlflow.MlflowClient, run_id: str, status: str) -> None:

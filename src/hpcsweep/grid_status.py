@@ -30,11 +30,6 @@ class Row:
         return f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}"
 
 
-def job_key(run) -> str | None:
-    tags = run.data.tags
-    return f"{tags['slurm_job_id']}_{tags.get('slurm_array_task_id', '0')}" if "slurm_job_id" in tags else None
-
-
 def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
     runs = list(grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid_name)).values())
     if not runs:
@@ -44,10 +39,10 @@ def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
 
 def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
     runs = point_runs(client, grid_name)
-    keys = [key for key in map(job_key, runs) if key]
+    keys = [key for key in map(grid_runs.job_key, runs) if key]
     states = slurm.job_states(keys) if keys else {}
     rows = [Row(run.data.tags.get("point", "?"), grid_runs.status_name(run),
-                states.get(job_key(run) or "", "-" if not job_key(run) else "UNKNOWN"),
+                states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-",
                 run.data.metrics.get("val/acc"), run.info.run_id) for run in runs]
     return sorted(rows, key=lambda row: row.point)
 

@@ -145,15 +145,11 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
     if options.rerun:
         return grid.points
     latest = grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid.name))
-    jobs = [run.data.tags["slurm_job_id"] + "_" + run.data.tags.get("slurm_array_task_id", "0")
-            for run in latest.values() if grid_runs.is_active(run) and "slurm_job_id" in run.data.tags]
+    jobs = [grid_runs.job_key(run) for run in latest.values() if grid_runs.is_active(run) and grid_runs.job_key(run)]
     alive = slurm.queued_states(jobs) if jobs and options.executor == "slurm" else {}
 
     def settled(run) -> bool:
-        if run.info.status == "FINISHED":
-            return True
-        job = run.data.tags.get("slurm_job_id", "") + "_" + run.data.tags.get("slurm_array_task_id", "")
-        return grid_runs.is_active(run) and job in alive
+        return run.info.status == "FINISHED" or (grid_runs.is_active(run) and grid_runs.job_key(run) in alive)
 
     return [p for p in grid.points if not (p.config.hash in latest and settled(latest[p.config.hash]))]
 

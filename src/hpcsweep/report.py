@@ -117,20 +117,8 @@ def record_of(client: mlflow.MlflowClient, run) -> RunRecord:
     return RunRecord(run.info.run_id, status, params, dict(run.data.metrics), history)
 
 
-def newest_per_config(runs: list) -> list:
-    """The newest run of each config_hash (relaunches add runs); `runs` come newest first."""
-    newest: dict[str, object] = {}
-    for run in runs:
-        newest.setdefault(run.data.tags.get("config_hash") or run.info.run_id, run)
-    return list(newest.values())
-
-
 def role(run) -> str | None:
     return run.data.tags.get(grid_runs.ROLE)
-
-
-def search_all(client: mlflow.MlflowClient, experiment_ids: list[str], query: str = "") -> list:
-    return client.search_runs(experiment_ids, query, max_results=50_000, order_by=["attributes.start_time DESC"])
 
 
 def runs_of_experiment(client: mlflow.MlflowClient, name: str) -> tuple[list, str | None]:
@@ -139,7 +127,7 @@ def runs_of_experiment(client: mlflow.MlflowClient, name: str) -> tuple[list, st
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise UserError(f"no experiment named {name!r} in {client.tracking_uri}; experiments there: {known}")
-    runs = search_all(client, [found.experiment_id])
+    runs = grid_runs.search_newest_first(client, [found.experiment_id])
     training = [run for run in runs if role(run) != "launch"]
     if not training:
         raise UserError(f"experiment {name!r} in {client.tracking_uri} has no runs: train or launch a grid first")
@@ -152,7 +140,7 @@ def runs_of_grid(client: mlflow.MlflowClient, name: str) -> tuple[list, str | No
     if not runs:
         raise UserError(f"no grid named {name!r} in {client.tracking_uri}: no runs carry tag grid={name}")
     experiments = sorted({run.info.experiment_id for run in runs})
-    launches = search_all(client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'")
+    launches = grid_runs.search_newest_first(client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'")
     return runs, launches[0].info.run_id if launches else None
 
 
@@ -163,7 +151,7 @@ def fetch_records(client: mlflow.MlflowClient, experiment: str | None,
         raise UserError("report: give exactly one of --experiment NAME or --grid NAME")
     runs, launch = runs_of_grid(client, grid) if grid else runs_of_experiment(client, experiment)
     # a run with no params (created, then lost before anything was logged) has no configuration
-    return [record_of(client, run) for run in newest_per_config(runs) if run.data.params], launch
+    return [record_of(client, run) for run in grid_runs.latest_by_hash(runs).values() if run.data.params], launch
 
 
 # --- configurations and the table -------------------------------------------------------------

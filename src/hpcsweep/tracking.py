@@ -24,6 +24,7 @@ from pathlib import Path
 import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -78,11 +79,9 @@ def read_run_state(run_dir: Path) -> dict:
 
 
 def write_run_state(run_dir: Path, **state) -> None:
-    path = Path(run_dir) / RUN_STATE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({**read_run_state(run_dir), **state}))
-    temporary.replace(path)
+    merged = {**read_run_state(run_dir), **state}
+    with atomic_file(Path(run_dir) / RUN_STATE) as temporary:
+        temporary.write_text(json.dumps(merged))
 
 
 def resumable_run_id(run_dir: Path) -> str | None:
