@@ -92,7 +92,9 @@ def test_a_killed_training_resumes_from_its_checkpoint_into_the_same_run(prepare
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (runs_of(tracking_server, experiment) and history(
+        # Lightning runs ModelCheckpoint after the other callbacks: epoch 0's metrics can be in
+        # MLflow before its last.ckpt is on disk, so wait for both
+        while not (list(project.glob("checkpoints/*/last.ckpt")) and runs_of(tracking_server, experiment) and history(
                 tracking_server, runs_of(tracking_server, experiment)[0].info.run_id, "val/acc")):
             assert time.monotonic() < deadline and first.poll() is None, "first epoch never finished"
             time.sleep(0.2)
