@@ -35,8 +35,11 @@ def config_options(command):
     @functools.wraps(command)
     def wrapper(params: str, overrides: tuple[str, ...], **kwargs):
         from hpcsweep.config import load_config
+        from hpcsweep.credentials import load_secrets
 
-        return command(config=load_config(params, overrides), **kwargs)
+        config = load_config(params, overrides)
+        load_secrets(config.tracking.secrets_file)
+        return command(config=config, **kwargs)
 
     return wrapper
 
@@ -111,11 +114,13 @@ def grid(gridfile: Path, executor: str, dry_run: bool, max_parallel: int | None,
     import sys
 
     from hpcsweep.config import parse_overrides
+    from hpcsweep.credentials import load_secrets
     from hpcsweep.executors.slurm import DEFAULT_TEMPLATE
     from hpcsweep.grid import load_grid
     from hpcsweep.launch import LaunchOptions, launch
 
     loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
+    load_secrets(loaded.points[0].config.tracking.secrets_file)
     options = LaunchOptions(executor=executor, dry_run=dry_run, max_parallel=max_parallel,
                             template=template.read_text() if template else DEFAULT_TEMPLATE, rerun=rerun, yes=yes,
                             command=shlex.join(["hpcsweep", *sys.argv[1:]]))
@@ -165,6 +170,7 @@ def run_point(points_file: Path, index: int) -> None:
     import os
 
     from hpcsweep.config import config_from_dict
+    from hpcsweep.credentials import load_secrets
     from hpcsweep.train import train as run_training
 
     entries = json.loads(points_file.read_text())["points"]
@@ -172,6 +178,7 @@ def run_point(points_file: Path, index: int) -> None:
         raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
     entry = entries[index]
     config = config_from_dict(entry["config"], source=f"{points_file}[{index}]")
+    load_secrets(config.tracking.secrets_file)
     if entry["run_id"]:
         os.environ["MLFLOW_RUN_ID"] = entry["run_id"]
     try:
@@ -211,3 +218,42 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
                           target_accuracy=target_accuracy)
     click.echo((folder / "summary.md").read_text().rstrip())
     click.echo(f"written: {folder}/index.html (and table.csv, summary.json, ...)")
+
+
+@main.command()
+@click.option("--backend-store-uri", help="Database for runs and metrics [tracking.backend_store_uri]; "
+              "its password from PGPASSWORD.")
+@click.option("--artifacts-destination", help="Where artifacts go, e.g. s3://BUCKET/PREFIX "
+              "[tracking.artifacts_destination]; S3 keys from AWS_*, endpoint from MLFLOW_S3_ENDPOINT_URL.")
+@click.option("--host", help="Address to listen on [tracking.host].")
+@click.option("--port", type=click.IntRange(1, 65535), help="[tracking.port]")
+@click.option("--workers", type=click.IntRange(min=1), help="Server worker processes [tracking.workers].")
+@click.option("--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs).")
+@click.option("--auth", is_flag=True, help="MLflow basic auth: the admin password from MLFLOW_AUTH_ADMIN_PASSWORD.")
+@config_options
+def server(config, backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts, auth) -> None:
+    """Check the database, the bucket and the port, then run the shared MLflow tracking server."""
+    from hpcsweep.server import ServerOptions, serve
+
+    tracking = config.tracking
+    serve(ServerOptions(backend_store_uri=backend_store_uri or tracking.backend_store_uri,
+                        artifacts_destination=artifacts_destination or tracking.artifacts_destination,
+                        host=host or tracking.host, port=port or tracking.port, workers=workers or tracking.workers,
+                        auth=auth, allowed_hosts=allowed_hosts))
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--tracking-uri", help="Send to this server instead of the one each spool was written for.")
+@config_options
+def sync(config, path: Path | None, tracking_uri: str | None) -> None:
+    """Send what trainings could not log while the server was away (spools under PATH
+    [tracking.checkpoint_dir]); what the server already has is never sent again."""
+    from hpcsweep.sync import sync_spools
+
+    outcomes = sync_spools(path or Path(config.tracking.checkpoint_dir), tracking_uri)
+    for outcome in outcomes:
+        click.echo(outcome.line())
+    left = sum(outcome.left for outcome in outcomes)
+    if left:
+        raise UserError(f"{left} records are still unsent; run `hpcsweep sync` again once the server answers")

@@ -94,6 +94,13 @@ class TrackingConfig:
     experiment: str = rule(pattern=r"\S.*", hint="a non-empty name")
     system_metrics: bool = rule()
     checkpoint_dir: str = rule(pattern=r"\S.*", hint="a folder")
+    flush_timeout_s: float = rule(ge=0)
+    secrets_file: str | None
+    backend_store_uri: str = rule(pattern=r"\w[\w+]*://\S*", hint="a SQLAlchemy URI such as postgresql://mlflow@db:5432/mlflow")
+    artifacts_destination: str = rule(pattern=r"\S+", hint="s3://BUCKET[/PREFIX] or a folder")
+    host: str = rule(pattern=r"\S+", hint="an address to listen on, such as 0.0.0.0")
+    port: int = rule(ge=1, le=65535)
+    workers: int = rule(ge=1)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@
   SLURM job produced the run.
 - Autologging (`mlflow.pytorch.autolog`) logs every epoch's metrics; checkpoints are logged as
   artifacts at the end, by us, because Lightning already writes them.
+- Against a tracking server, every write goes through the run's spool (`spool_store`), so a
+  server that is briefly away costs nothing; `hpcsweep sync` sends what a training left.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+from hpcsweep import spool_store
 from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config
 
@@ -144,11 +147,21 @@ def run_tags(config: Config) -> dict[str, str]:
     return tags
 
 
-def finish_run(run_dir: Path, status: str, metrics: dict[str, float], artifacts: list[Path]) -> None:
+def spooled_writes(config: Config, run_dir: Path):
+    """The training's writes to a tracking server go through the spool in `run_dir` (a context)."""
+    return spool_store.spooled_writes(tracking_uri(config), run_dir, config.tracking.flush_timeout_s)
+
+
+def finish_run(run_dir: Path, status: str, metrics: dict[str, float], artifacts: list[Path],
+               writes: spool_store.SpooledWrites | None) -> None:
     """Log the final figures and checkpoints, close the run with `status` (FINISHED, FAILED, KILLED, or
     SCHEDULED when a requeued job will resume it)."""
     mlflow.log_metrics(metrics)
+    run_id = mlflow.active_run().info.run_id
     for path in artifacts:
-        mlflow.log_artifact(str(path), artifact_path="checkpoints")
+        if writes:
+            writes.log_artifact(run_id, path, artifact_path="checkpoints")
+        else:
+            mlflow.log_artifact(str(path), artifact_path="checkpoints")
     mlflow.end_run(status)
     write_run_state(run_dir, finished=status == "FINISHED")

@@ -1,0 +1,149 @@
+"""`hpcsweep server`: the shared MLflow tracking server, PostgreSQL for runs and S3 for artifacts.
+
+Hundreds of jobs log to it at once, which SQLite cannot take. Everything that could make it
+fail later is checked first, each as one line naming the setting: the port is free, the
+database answers with these credentials, the bucket exists and these keys may use it, and
+`--auth` has an admin password. Then this process becomes `mlflow server --serve-artifacts`
+(clients upload artifacts through it and never need S3 keys themselves).
+
+Credentials come from the environment or `tracking.secrets_file` (PGPASSWORD, AWS_*,
+MLFLOW_S3_ENDPOINT_URL, MLFLOW_AUTH_ADMIN_PASSWORD), never from the command line or params.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hpcsweep.credentials import redact
+from hpcsweep.errors import UserError
+
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    backend_store_uri: str
+    artifacts_destination: str
+    host: str
+    port: int
+    workers: int
+    auth: bool
+    allowed_hosts: str | None = None
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); "
+                            f"another server may hold it: choose another port or stop that one") from None
+
+
+def check_backend_store(uri: str) -> None:
+    """Connect once, so that a wrong host, port, database or password is named now."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args(uri))
+    except (ValueError, ImportError, sqlalchemy.exc.ArgumentError) as error:
+        raise UserError(f"--backend-store-uri {redact(uri)}: not a usable database URI ({error})") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise UserError(f"--backend-store-uri {redact(uri)}: cannot connect: {reason}") from None
+    finally:
+        engine.dispose()
+
+
+def connect_args(uri: str) -> dict:
+    return {"connect_timeout": CONNECT_TIMEOUT_S} if uri.startswith("postgresql") else {}
+
+
+def check_artifacts_destination(destination: str) -> None:
+    """An s3:// destination: the bucket must exist and these keys must be allowed to use it."""
+    parsed = urlparse(destination)
+    if parsed.scheme != "s3":
+        return
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    where = f"--artifacts-destination {destination}" + (f" (MLFLOW_S3_ENDPOINT_URL={endpoint})" if endpoint else "")
+    client = boto3.client("s3", endpoint_url=endpoint, config=botocore.config.Config(
+        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=CONNECT_TIMEOUT_S, retries={"max_attempts": 1}))
+    try:
+        client.head_bucket(Bucket=parsed.netloc)
+    except botocore.exceptions.NoCredentialsError:
+        raise UserError(f"{where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                        f"(environment or tracking.secrets_file)") from None
+    except botocore.exceptions.EndpointConnectionError as error:
+        raise UserError(f"{where}: cannot reach S3 ({error})") from None
+    except botocore.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchBucket"):
+            raise UserError(f"{where}: bucket {parsed.netloc!r} does not exist; create it first") from None
+        if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise UserError(f"{where}: S3 refused the credentials of AWS_ACCESS_KEY_ID="
+                            f"{os.environ.get('AWS_ACCESS_KEY_ID', '(unset)')} for bucket {parsed.netloc!r} "
+                            f"({code})") from None
+        raise UserError(f"{where}: S3 answered {code}: {error}") from None
+
+
+def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
+    """MLflow's basic-auth app: users in the same database, new users may read but not write."""
+    if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise UserError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (environment or tracking.secrets_file); "
+                        "the admin user is created with it on the first start")
+    config = folder / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = {options.backend_store_uri.replace('%', '%%')}\n"
+                      "admin_username = admin\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
+            # the CSRF key of the UI's forms; one per server start unless the site sets one
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+            or secrets.token_hex(32)}
+
+
+def mlflow_command(options: ServerOptions) -> list[str]:
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--serve-artifacts",
+               "--backend-store-uri", options.backend_store_uri,
+               "--artifacts-destination", options.artifacts_destination,
+               "--host", options.host, "--port", str(options.port), "--workers", str(options.workers)]
+    if options.allowed_hosts:
+        command += ["--allowed-hosts", options.allowed_hosts]
+    if options.auth:
+        command += ["--app-name", "basic-auth"]
+    return command
+
+
+def client_uri(options: ServerOptions) -> str:
+    host = socket.getfqdn() if options.host in ("0.0.0.0", "::") else options.host
+    return f"http://{host}:{options.port}"
+
+
+def serve(options: ServerOptions) -> None:
+    """Check everything, print the URI for clients, then become the MLflow server."""
+    check_port_free(options.host, options.port)
+    check_backend_store(options.backend_store_uri)
+    check_artifacts_destination(options.artifacts_destination)
+    environment = dict(os.environ)
+    if options.auth:
+        environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
+    print(f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
+          f"{options.artifacts_destination}{', basic auth' if options.auth else ''}", flush=True)
+    print(f"export MLFLOW_TRACKING_URI={client_uri(options)}", flush=True)
+    command = mlflow_command(options)
+    os.execve(command[0], command, environment)
