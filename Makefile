@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test clean
+.PHONY: setup postgresql run test clean
 
 setup: $(INSTALLED)
 
@@ -18,7 +18,20 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip check
+	$(MAKE) --no-print-directory postgresql
 	touch $@
+
+# tests/services.py starts a throwaway PostgreSQL with initdb + pg_ctl, which come from the system,
+# not PyPI. Debian keeps them off PATH in /usr/lib/postgresql/N/bin, so look there too before
+# installing; only root can apt-get, anyone else is told what to run (the server tests skip until then).
+postgresql:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL: initdb found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	else \
+		echo "PostgreSQL's initdb is missing and this is not root: run 'sudo apt-get install postgresql'"; \
+	fi
 
 # The main job: data (download, or import data.archive) -> prepare -> the cpu-demo study through
 # the local executor -> its report (dvc repro report; `dvc repro train` trains params.yaml's config).

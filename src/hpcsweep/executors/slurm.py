@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from hpcsweep.credentials import environment_for_jobs
 from hpcsweep.errors import UserError
 
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
@@ -109,7 +110,8 @@ def require_sbatch() -> None:
 
 def sbatch(script: Path, *options: str) -> str:
     """Run sbatch on the script; its own message when it refuses."""
-    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True)
+    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True,
+                          env=environment_for_jobs())
     if done.returncode != 0:
         message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise UserError(f"sbatch refused {script}: {message}")
