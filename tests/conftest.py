@@ -113,3 +113,53 @@ def slurm_cluster() -> dict[str, str]:
     os.environ.update(exports)
     os.environ["HPCSWEEP_MASTER_ADDR"] = "127.0.0.1"  # the dev cluster's node names do not resolve
     return exports
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "hpcsweep-test-key", "AWS_SECRET_ACCESS_KEY": "hpcsweep-test-secret-7f3a"}
+ARTIFACT_BUCKET = "mlflow-artifacts"
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory) -> dict[str, str]:
+    """A real S3 (SeaweedFS) with the artifact bucket; the environment a client needs to use it."""
+    from services import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("s3"), S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                   ARTIFACT_BUCKET) as endpoint:
+        yield {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def postgres_uri(tmp_path_factory) -> str:
+    from services import postgres
+
+    with postgres(tmp_path_factory.mktemp("postgres")) as uri:
+        yield uri
+
+
+def server_environment(s3: dict[str, str], database_uri: str) -> tuple[str, dict[str, str]]:
+    """The database URI without its password, and an environment holding the password and S3
+    keys: credentials travel in the environment, never on a command line others can read."""
+    import sqlalchemy
+
+    url = sqlalchemy.make_url(database_uri)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    environment |= {**s3, "PGPASSWORD": url.password or "", "PYTHONPATH": str(ROOT / "src")}
+    return url.set(password=None).render_as_string(hide_password=False), environment
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory, postgres_uri, s3_store):
+    """`hpcsweep server` on PostgreSQL + S3, as a site runs it; tests may stop and start it."""
+    from services import HpcsweepServer
+
+    folder = tmp_path_factory.mktemp("shared-server")
+    shutil.copy2(ROOT / "params.yaml", folder / "params.yaml")
+    database, environment = server_environment(s3_store, postgres_uri)
+    server = HpcsweepServer(folder, ["--backend-store-uri", database,
+                                     "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"], environment)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -32,26 +32,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return True
-        except OSError:
-            time.sleep(0.5)
-    return False
-
-
-def wait_for_http_status(url: str, process: subprocess.Popen, timeout_s: float = 90) -> bool:
-    """Like wait_for_http, but any HTTP answer counts: S3 says 403 to an unsigned request once it is up."""
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 90, any_status: bool = False) -> bool:
+    """Until `url` answers 200 (or, with `any_status`, anything: S3 says 403 to an unsigned
+    request once it is up), while `process` lives."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return True
         except urllib.error.HTTPError:
-            return True
+            if any_status:
+                return True
+            time.sleep(0.25)
         except OSError:
             time.sleep(0.25)
     return False
@@ -190,7 +182,7 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> It
     )
     url = f"http://127.0.0.1:{ports['s3.port']}"
     try:
-        started = wait_for_http_status(url, process)
+        started = wait_for_http(url, process, any_status=True)
         require(started, f"weed server -s3 did not start: {tail(folder / 'weed.log')}")
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=access_key,
                               aws_secret_access_key=secret_key, config=Config(retries={"max_attempts": 1}))
@@ -221,3 +213,40 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> It
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
 
+
+
+class HpcsweepServer:
+    """`hpcsweep server` as a process a test can stop and start again on the same port (an outage).
+
+    `arguments` and `environment` are what a site would give it; the server runs in its own
+    session so that stopping it stops its workers too.
+    """
+
+    def __init__(self, folder: Path, arguments: list[str], environment: dict[str, str]):
+        self.folder, self.arguments, self.environment = folder, arguments, environment
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        log = open(self.folder / "server.log", "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hpcsweep", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "2", *self.arguments],
+            cwd=self.folder, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        started = wait_for_http(f"{self.uri}/health", self.process)
+        require(started, f"hpcsweep server did not start: {tail(self.folder / 'server.log')}")
+
+    def stop(self, crash: bool = False) -> None:
+        """Shut down, or with `crash` kill -9 at once: an outage that starts now, not after a
+        graceful shutdown."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 9 if crash else 15)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(timeout=30)
+        self.process = None

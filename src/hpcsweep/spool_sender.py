@@ -17,6 +17,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.service_pb2 import LogBatch
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -109,15 +110,17 @@ def post(creds, endpoint: str, body: dict) -> None:
 
 
 def upload_artifact(creds, uri: str, record: dict) -> None:
-    """Upload through MLflow's artifact client, but only once the server answers: that client
-    retries a dead server for minutes inside the call."""
-    import mlflow
-
+    """Upload the kept file through MLflow's artifact repository, but only once the server
+    answers (that repository retries a dead server for minutes inside the call); then the kept
+    copy is no longer needed."""
     verify_health(creds)
     path = Path(record["artifact"])
     if not path.exists():
         raise RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"{path}: no longer on disk"})
-    mlflow.MlflowClient(uri).log_artifact(record["run_id"], str(path), record.get("artifact_path"))
+    repository = get_artifact_repository(record["artifact_uri"], tracking_uri=uri)
+    repository.log_artifact(str(path), record.get("artifact_path"))
+    path.unlink()
+    path.parent.rmdir()
 
 
 def verify_health(creds) -> None:

@@ -152,16 +152,11 @@ def spooled_writes(config: Config, run_dir: Path):
     return spool_store.spooled_writes(tracking_uri(config), run_dir, config.tracking.flush_timeout_s)
 
 
-def finish_run(run_dir: Path, status: str, metrics: dict[str, float], artifacts: list[Path],
-               writes: spool_store.SpooledWrites | None) -> None:
+def finish_run(run_dir: Path, status: str, metrics: dict[str, float], artifacts: list[Path]) -> None:
     """Log the final figures and checkpoints, close the run with `status` (FINISHED, FAILED, KILLED, or
     SCHEDULED when a requeued job will resume it)."""
     mlflow.log_metrics(metrics)
-    run_id = mlflow.active_run().info.run_id
     for path in artifacts:
-        if writes:
-            writes.log_artifact(run_id, path, artifact_path="checkpoints")
-        else:
-            mlflow.log_artifact(str(path), artifact_path="checkpoints")
+        mlflow.log_artifact(str(path), artifact_path="checkpoints")
     mlflow.end_run(status)
     write_run_state(run_dir, finished=status == "FINISHED")

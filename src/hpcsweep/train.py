@@ -136,11 +136,11 @@ def train(config: Config) -> TrainResult:
     if is_rank_zero and not resume:
         for stale in run_dir.glob("*.ckpt"):  # a finished run's: Lightning would number new ones best-v1
             stale.unlink()
-    with tracking.spooled_writes(config, run_dir) if is_rank_zero else contextlib.nullcontext() as writes:
-        return fit(config, run_dir, resume, per_rank, writes)
+    with tracking.spooled_writes(config, run_dir) if is_rank_zero else contextlib.nullcontext():
+        return fit(config, run_dir, resume, per_rank)
 
 
-def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int, writes) -> TrainResult:
+def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int) -> TrainResult:
     """Open the run, fit, close the run with the status the fit ended in."""
     is_rank_zero = tracking.global_rank() == 0
     run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
@@ -166,7 +166,7 @@ def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int, write
             monitor.finish()
         result = collect_result(run_id, status, trainer, module, efficiency)
         if is_rank_zero:
-            tracking.finish_run(run_dir, status, final_metrics(result), sorted(run_dir.glob("*.ckpt")), writes)
+            tracking.finish_run(run_dir, status, final_metrics(result), sorted(run_dir.glob("*.ckpt")))
     return result
 
 
