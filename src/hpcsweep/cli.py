@@ -239,7 +239,7 @@ def server(config, backend_store_uri, artifacts_destination, host, port, workers
     serve(ServerOptions(backend_store_uri=backend_store_uri or tracking.backend_store_uri,
                         artifacts_destination=artifacts_destination or tracking.artifacts_destination,
                         host=host or tracking.host, port=port or tracking.port, workers=workers or tracking.workers,
-                        auth=auth, allowed_hosts=allowed_hosts))
+                        auth=auth, db_connections=tracking.db_connections, allowed_hosts=allowed_hosts))
 
 
 @main.command()

@@ -101,6 +101,7 @@ class TrackingConfig:
     host: str = rule(pattern=r"\S+", hint="an address to listen on, such as 0.0.0.0")
     port: int = rule(ge=1, le=65535)
     workers: int = rule(ge=1)
+    db_connections: int = rule(ge=1)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class ServerOptions:
     port: int
     workers: int
     auth: bool
+    db_connections: int
     allowed_hosts: str | None = None
 
 
@@ -101,6 +102,15 @@ def check_artifacts_destination(destination: str) -> None:
         raise UserError(f"{where}: S3 answered {code}: {error}") from None
 
 
+def database_pool(options: ServerOptions) -> dict[str, str]:
+    """Each worker's SQLAlchemy pool, sized so that all workers together hold at most
+    `db_connections`. MLflow's default (5 + 10 overflow, 30 s wait) made requests fail with
+    "QueuePool limit reached" under 32 concurrent clients; a site's own setting wins."""
+    per_worker = max(2, options.db_connections // options.workers)
+    kept = per_worker // 2  # MLflow ignores an overflow of 0, so half kept open, half on demand
+    return {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(kept), "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(per_worker - kept)}
+
+
 def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
     """MLflow's basic-auth app: users in the same database, new users may read but not write."""
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
@@ -139,7 +149,7 @@ def serve(options: ServerOptions) -> None:
     check_port_free(options.host, options.port)
     check_backend_store(options.backend_store_uri)
     check_artifacts_destination(options.artifacts_destination)
-    environment = dict(os.environ)
+    environment = {**database_pool(options), **os.environ}
     if options.auth:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
     print(f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "

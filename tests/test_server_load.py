@@ -1,0 +1,90 @@
+"""32 jobs logging at once: the PostgreSQL + S3 server keeps every point and byte; SQLite is recorded.
+
+Each client process logs a run of 50 epochs x 6 metrics, 5 params and a 1 MB artifact (see
+logging_load.py). Against `hpcsweep server` on PostgreSQL + SeaweedFS everything must be there,
+value for value and byte for byte. The same load against the same server on SQLite is run
+and what happens (errors, time, what is missing) is written to the test's output and to
+`sqlite-load.json` beside it: SQLite is what this project replaces, not what it promises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import ROOT
+from logging_load import artifact_bytes, metric_value
+from services import HpcsweepServer
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+CLIENTS, EPOCHS, METRICS, PARAMS, ARTIFACT_BYTES = 32, 50, 6, 5, 1 << 20
+
+
+def run_load(uri: str, folder: Path, experiment: str) -> dict:
+    out = folder / f"{experiment}.json"
+    command = [sys.executable, str(ROOT / "tests" / "logging_load.py"), uri, "--clients", str(CLIENTS),
+               "--epochs", str(EPOCHS), "--metrics", str(METRICS), "--params", str(PARAMS),
+               "--artifact-bytes", str(ARTIFACT_BYTES), "--experiment", experiment, "--scratch", str(folder),
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def missing_data(uri: str, outcome: dict, folder: Path) -> list[str]:
+    """Everything of one client's run that is not on the server exactly as it was logged."""
+    client, run_id = mlflow.MlflowClient(uri), outcome["run_id"]
+    if run_id is None:
+        return ["no run"]
+    number, problems = outcome["client"], []
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED":
+        problems.append(f"status {run.info.status}")
+    if run.data.params != {f"param_{i}": str(number * 10 + i) for i in range(PARAMS)}:
+        problems.append(f"params {run.data.params}")
+    for metric in range(METRICS):
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"metric_{metric}"))
+        if points != [(epoch, metric_value(number, epoch, metric)) for epoch in range(EPOCHS)]:
+            problems.append(f"metric_{metric}: {len(points)} points")
+    try:
+        local = client.download_artifacts(run_id, f"client-{number}.bin", str(folder / "downloaded" / run_id))
+        if Path(local).read_bytes() != artifact_bytes(number, ARTIFACT_BYTES):
+            problems.append("artifact bytes differ")
+    except Exception as error:
+        problems.append(f"artifact: {str(error).splitlines()[0][:200]}")
+    return problems
+
+
+def test_32_clients_log_every_point_and_byte_to_postgres_and_s3(shared_server, tmp_path):
+    result = run_load(shared_server.uri, tmp_path, "load-postgres")
+    errors = [error for outcome in result["clients"] for error in outcome["errors"]]
+    assert not errors, errors[:5]
+    assert len(result["clients"]) == CLIENTS
+    problems = {outcome["client"]: missing_data(shared_server.uri, outcome, tmp_path) for outcome in result["clients"]}
+    assert not any(problems.values()), {client: found for client, found in problems.items() if found}
+    print(f"\nPostgreSQL + S3: {CLIENTS} clients in {result['wall_s']:.1f} s, nothing missing")
+
+
+def test_the_same_load_against_a_sqlite_backend_is_recorded(tmp_path, request):
+    server = HpcsweepServer(tmp_path / "server", [
+        "--params", str(ROOT / "params.yaml"), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination", str(tmp_path / "artifacts")], environment=None)
+    server.start()
+    try:
+        result = run_load(server.uri, tmp_path, "load-sqlite")
+        assert len(result["clients"]) == CLIENTS
+        problems = {outcome["client"]: missing_data(server.uri, outcome, tmp_path) for outcome in result["clients"]}
+    finally:
+        server.stop()
+    errors = [error for outcome in result["clients"] for error in outcome["errors"]]
+    record = {"clients": CLIENTS, "wall_s": round(result["wall_s"], 1), "failed_calls": len(errors),
+              "first_errors": errors[:3], "runs_incomplete": sum(1 for found in problems.values() if found),
+              "examples": [found for found in problems.values() if found][:3]}
+    (tmp_path / "sqlite-load.json").write_text(json.dumps(record, indent=2))
+    request.node.user_properties.append(("sqlite_load", record))
+    print(f"\nSQLite: {json.dumps(record)}")
