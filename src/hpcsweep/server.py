@@ -140,7 +140,7 @@ def mlflow_command(options: ServerOptions) -> list[str]:
 
 
 def client_uri(options: ServerOptions) -> str:
-    host = socket.getfqdn() if options.host in ("0.0.0.0", "::") else options.host
+    host = socket.gethostname() if options.host in ("0.0.0.0", "::") else options.host  # as SLURM names nodes
     return f"http://{host}:{options.port}"
 
 
