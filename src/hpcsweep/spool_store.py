@@ -52,12 +52,12 @@ class SpoolingStore(RestStore):
         self.uri, self.spool, self.flusher = uri, spool, flusher
         self.artifact_runs: set[str] = set()
 
-    def _spool(self, record: dict) -> None:
+    def spool_record(self, record: dict) -> None:
         self.spool.append(record)
         self.flusher.notify()
 
     def log_batch(self, run_id, metrics, params, tags) -> None:
-        self._spool({"run_id": run_id,
+        self.spool_record({"run_id": run_id,
                      "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
                      "params": [[p.key, p.value] for p in params],
                      "tags": [[t.key, t.value] for t in tags]})
@@ -92,7 +92,7 @@ class SpoolingStore(RestStore):
             _artifact_repos_cache.pop(run_id, None)
 
     def update_run_info(self, run_id, run_status, end_time, run_name) -> None:
-        self._spool({"run_id": run_id, "status": RunStatus.to_string(run_status), "end_time": end_time,
+        self.spool_record({"run_id": run_id, "status": RunStatus.to_string(run_status), "end_time": end_time,
                      "run_name": run_name})
 
 
@@ -111,7 +111,7 @@ class SpoolingArtifactRepository(ArtifactRepository):
             os.link(local_file, kept)
         except OSError:
             shutil.copy2(local_file, kept)
-        self.store._spool({"run_id": self.run_id, "artifact": str(kept), "artifact_path": artifact_path,
+        self.store.spool_record({"run_id": self.run_id, "artifact": str(kept), "artifact_path": artifact_path,
                            "artifact_uri": self.artifact_uri})
 
     def log_artifacts(self, local_dir, artifact_path=None) -> None:
