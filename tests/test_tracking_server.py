@@ -21,16 +21,11 @@ import mlflow
 import pytest
 from conftest import ARTIFACT_BUCKET, ROOT, server_environment
 from services import HpcsweepServer, free_port
-from test_train import QUICK, overrides
+from test_train import QUICK, environment, hpcsweep, overrides
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 EPOCH_METRICS = ("train/loss", "val/loss", "val/acc", "epoch_time_s")
-
-
-def training_environment(uri: str, **extra: str) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "SLURM_", "AWS_"))}
-    return {**environment, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT / "src"), **extra}
 
 
 def start_training(project: Path, uri: str, experiment: str, *assignments: str, **extra_environment: str):
@@ -39,7 +34,7 @@ def start_training(project: Path, uri: str, experiment: str, *assignments: str, 
                *overrides(*QUICK, "max_epochs=4", f"tracking.experiment={experiment}",
                           f"tracking.checkpoint_dir={project / 'checkpoints'}", *assignments)]
     log = open(project / "train.log", "w")
-    return subprocess.Popen(command, cwd=project, env=training_environment(uri, **extra_environment),
+    return subprocess.Popen(command, cwd=project, env=environment(uri, **extra_environment),
                             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -80,11 +75,6 @@ def run_id_folder(project: Path) -> str:
     return folder
 
 
-def hpcsweep(project: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsweep", *args], cwd=project, env=training_environment(uri),
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture
 def experiment() -> str:
     return f"server-{uuid.uuid4().hex[:8]}"
@@ -116,18 +106,18 @@ def test_sync_sends_a_leftover_spool_once_and_a_second_sync_adds_nothing(prepare
     try:
         assert training.wait(timeout=300) == 0, (project / "train.log").read_text()[-3000:]
         assert f"hpcsweep sync {project / 'checkpoints' / run_id_folder(project)}" in (project / "train.log").read_text()
-        refused = hpcsweep(project, shared_server.uri, "sync", str(project / "checkpoints"))
+        refused = hpcsweep(["sync", str(project / "checkpoints")], project, shared_server.uri, timeout=300)
         assert refused.returncode == 1 and "still unsent" in refused.stderr
     finally:
         shared_server.start()
 
-    first = hpcsweep(project, shared_server.uri, "sync", str(project / "checkpoints"))
+    first = hpcsweep(["sync", str(project / "checkpoints")], project, shared_server.uri, timeout=300)
     assert first.returncode == 0, first.stderr
     assert re.fullmatch(r".*: sent \d+ records", first.stdout.strip()), first.stdout
     assert_run_complete(shared_server.uri, run_id, project, epochs=4)
     before = epoch_steps(shared_server.uri, run_id)
 
-    second = hpcsweep(project, shared_server.uri, "sync", str(project / "checkpoints"))
+    second = hpcsweep(["sync", str(project / "checkpoints")], project, shared_server.uri, timeout=300)
     assert second.returncode == 0 and "nothing to send" in second.stdout
     assert epoch_steps(shared_server.uri, run_id) == before
 
@@ -141,7 +131,7 @@ def server_command(*args: str) -> list[str]:
                                   "auth without admin password"])
 def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(case, postgres_uri, s3_store, shared_server,
                                                                     tmp_path):
-    database, environment = server_environment(s3_store, postgres_uri)
+    database, server_env = server_environment(s3_store, postgres_uri)
     destination, port = f"s3://{ARTIFACT_BUCKET}/artifacts", free_port()
     extra, expected = [], ""
     if case == "database unreachable":
@@ -149,14 +139,14 @@ def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(case, postgres
     elif case == "bucket missing":
         destination, expected = "s3://no-such-bucket/artifacts", "bucket 'no-such-bucket' does not exist"
     elif case == "wrong S3 keys":
-        environment["AWS_SECRET_ACCESS_KEY"], expected = "not-the-secret", "S3 refused the credentials"
+        server_env["AWS_SECRET_ACCESS_KEY"], expected = "not-the-secret", "S3 refused the credentials"
     elif case == "port in use":
         port, expected = shared_server.port, f"--port {shared_server.port}: cannot listen"
     else:
         extra, expected = ["--auth"], "set MLFLOW_AUTH_ADMIN_PASSWORD"
     done = subprocess.run(server_command("--port", str(port), "--backend-store-uri", database,
                                          "--artifacts-destination", destination, *extra),
-                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=server_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], done.stderr
@@ -170,10 +160,10 @@ def test_auth_refuses_anonymous_and_read_only_writes_and_keeps_the_password_out_
     from mlflow.server import get_app_client
 
     admin_password, writer_password = "admin-" + uuid.uuid4().hex, "writer-" + uuid.uuid4().hex
-    environment = {**training_environment("unused"), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password}
+    auth_environment = environment("unused", MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
     server = HpcsweepServer(tmp_path / "auth-server", [
         "--params", str(ROOT / "params.yaml"), "--auth", "--backend-store-uri", f"sqlite:///{tmp_path / 'auth.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts")], environment)
+        "--artifacts-destination", str(tmp_path / "artifacts")], auth_environment)
     server.start()
     try:
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
@@ -224,11 +214,10 @@ def test_auth_refuses_anonymous_and_read_only_writes_and_keeps_the_password_out_
 def test_dvc_push_and_pull_round_trip_the_prepared_data_through_s3(prepared, s3_store, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    environment = {**training_environment("unused"), **s3_store,
-                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    dvc_environment = environment("unused", **s3_store)
 
     def run(*command: str) -> None:
-        done = subprocess.run(command, cwd=repo, env=environment, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=repo, env=dvc_environment, capture_output=True, text=True)
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
 
     run("git", "init", "-q")
@@ -248,15 +237,15 @@ def test_dvc_push_and_pull_round_trip_the_prepared_data_through_s3(prepared, s3_
 @pytest.mark.slurm
 def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(slurm_cluster, postgres_uri, s3_store,
                                                                          tmp_path):
-    database, environment = server_environment(s3_store, postgres_uri)
-    environment |= {key: os.environ[key] for key in slurm_cluster} | {"HPCSWEEP_SERVER_PORT": str(free_port())}
-    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
+    database, server_env = server_environment(s3_store, postgres_uri)
+    server_env |= {key: os.environ[key] for key in slurm_cluster} | {"HPCSWEEP_SERVER_PORT": str(free_port())}
+    server_env["PATH"] = f"{Path(sys.executable).parent}:{server_env['PATH']}"
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     submitted = subprocess.run(
         ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=1G", "--time=00:10:00",
          str(ROOT / "slurm" / "tracking-server.sbatch"), "--backend-store-uri", database,
          "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"],
-        cwd=tmp_path, env=environment, capture_output=True, text=True)
+        cwd=tmp_path, env=server_env, capture_output=True, text=True)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
     try:
@@ -265,13 +254,13 @@ def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(slurm_
             assert time.monotonic() < deadline, "\n".join(p.read_text() for p in tmp_path.glob("tracking-server-*.log"))
             time.sleep(1)
         uri = (tmp_path / "tracking-server.uri").read_text().strip()
-        assert uri == f"http://{socket.gethostname()}:{environment['HPCSWEEP_SERVER_PORT']}"
+        assert uri == f"http://{socket.gethostname()}:{server_env['HPCSWEEP_SERVER_PORT']}"
         client = mlflow.MlflowClient(uri)  # by the node's name, as jobs on other nodes would
         run = client.create_run(client.create_experiment(f"sbatch-{uuid.uuid4().hex[:8]}"))
         client.log_metric(run.info.run_id, "x", 1.0)
         assert client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
         (log,) = tmp_path.glob("tracking-server-*.log")
         assert f"export MLFLOW_TRACKING_URI={uri}" in log.read_text()
-        assert environment["PGPASSWORD"] not in log.read_text()
+        assert server_env["PGPASSWORD"] not in log.read_text()
     finally:
-        subprocess.run(["scancel", job], env=environment, check=False)
+        subprocess.run(["scancel", job], env=server_env, check=False)

@@ -90,9 +90,7 @@ def send(creds, uri: str, records: list[dict]) -> None:
     if "artifact" in first:
         upload_artifact(creds, uri, first)
     elif "status" in first:
-        body = {"run_id": first["run_id"], "status": first["status"], "end_time": first["end_time"]}
-        if first.get("run_name"):
-            body["run_name"] = first["run_name"]
+        body = {key: first.get(key) for key in ("run_id", "status", "end_time", "run_name")}
         post(creds, UPDATE_RUN, {key: value for key, value in body.items() if value is not None})
     else:
         batch = LogBatch(
