@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup postgresql run test clean
+.PHONY: setup postgresql run test lint clean
 
 setup: $(INSTALLED)
 
@@ -39,8 +39,13 @@ run: $(INSTALLED)
 	dvc repro report
 	@echo "report: $(CURDIR)/reports/index.html"
 
-test: $(INSTALLED)
+# lint and formatting first (seconds), then every test but the GPU ones
+test: lint
 	python -m pytest -m "not gpu"
+
+lint: $(INSTALLED)
+	ruff check .
+	ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

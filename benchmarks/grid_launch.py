@@ -59,8 +59,11 @@ def time_child_runs(server: str, count: int) -> float:
     experiment = grid_runs.experiment_id(client, grid.experiment)
     started = time.perf_counter()
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # as launch does
-        list(pool.map(lambda p: grid_runs.create_child(client, experiment, "benchmark-parent", grid, p),
-                      grid.points[:count]))
+        list(
+            pool.map(
+                lambda p: grid_runs.create_child(client, experiment, "benchmark-parent", grid, p), grid.points[:count]
+            )
+        )
     return (time.perf_counter() - started) / count
 
 
@@ -71,8 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         seconds, points, scripts = time_dry_run(Path(folder))
-    print(f"dry run: {points} points validated and written in {seconds:.2f} s (median of 3); "
-          f"{scripts} job script(s) = {scripts} sbatch call(s)")
+    print(
+        f"dry run: {points} points validated and written in {seconds:.2f} s (median of 3); "
+        f"{scripts} job script(s) = {scripts} sbatch call(s)"
+    )
     if args.server:
         per_run = time_child_runs(args.server, args.runs)
         print(f"child runs: {per_run * 1000:.0f} ms each over {args.runs}; 1000 points -> {per_run * 1000:.0f} s")

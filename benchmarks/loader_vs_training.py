@@ -54,12 +54,24 @@ LIGHTNING_GOAL = 0.95  # Lightning within 5% of the plain loop
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
-                        help="a prepared folder (train.pt, test.pt, stats.json); default data/prepared")
-    parser.add_argument("--train-samples", type=int, default=2048,
-                        help="training samples per timed training epoch, (c) and (d); default 2048")
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
-                        help="the params file the training config starts from; default the project's")
+    parser.add_argument(
+        "--prepared",
+        type=Path,
+        default=Path("data/prepared"),
+        help="a prepared folder (train.pt, test.pt, stats.json); default data/prepared",
+    )
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=2048,
+        help="training samples per timed training epoch, (c) and (d); default 2048",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="the params file the training config starts from; default the project's",
+    )
     parser.add_argument("--loader-repeats", type=int, default=5, help="epochs timed for (a) and (b)")
     parser.add_argument("--train-repeats", type=int, default=3, help="trainings timed for (c) and (d)")
     return parser.parse_args()
@@ -90,8 +102,7 @@ def device_loader(prepared: Path, limit: int | None, batch_size: int, seed: int)
 
 def torchvision_loader(prepared: Path, batch_size: int) -> Iterable:
     """The data module's own torchvision path, so the benchmark measures what training would use."""
-    datamodule = CIFAR10DataModule(str(prepared), loader="torchvision", batch_size=batch_size, seed=0,
-                                   workers=WORKERS)
+    datamodule = CIFAR10DataModule(str(prepared), loader="torchvision", batch_size=batch_size, seed=0, workers=WORKERS)
     datamodule.setup("fit")
     return datamodule.train_dataloader()
 
@@ -99,12 +110,26 @@ def torchvision_loader(prepared: Path, batch_size: int) -> Iterable:
 def training_config(args: argparse.Namespace, workdir: Path, repeat: int) -> Config:
     """One CPU epoch of resnet20 with SGD; a fresh checkpoint folder, or train() would resume."""
     overrides = [
-        f"data.prepared_dir={args.prepared.resolve()}", "data.loader=device", "model=resnet20", "optimizer=sgd",
-        "momentum=0.9", "nesterov=false", f"batch_size={TRAIN_BATCH}", f"micro_batch_size={TRAIN_BATCH}",
-        f"limit_train_samples={args.train_samples}", "max_epochs=1", "warmup_epochs=0", "accelerator=cpu",
-        "devices=1", "num_nodes=1", "strategy=auto", "precision=32-true",
-        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", f"tracking.checkpoint_dir={workdir / f'run-{repeat}'}",
-        "tracking.experiment=loader-vs-training", "tracking.system_metrics=false",
+        f"data.prepared_dir={args.prepared.resolve()}",
+        "data.loader=device",
+        "model=resnet20",
+        "optimizer=sgd",
+        "momentum=0.9",
+        "nesterov=false",
+        f"batch_size={TRAIN_BATCH}",
+        f"micro_batch_size={TRAIN_BATCH}",
+        f"limit_train_samples={args.train_samples}",
+        "max_epochs=1",
+        "warmup_epochs=0",
+        "accelerator=cpu",
+        "devices=1",
+        "num_nodes=1",
+        "strategy=auto",
+        "precision=32-true",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"tracking.checkpoint_dir={workdir / f'run-{repeat}'}",
+        "tracking.experiment=loader-vs-training",
+        "tracking.system_metrics=false",
     ]
     return load_config(args.params, overrides)
 
@@ -124,8 +149,7 @@ def plain_images_per_s(config: Config) -> float:
     # the module only as a container: its channels_last model and its optimizer recipe, no Trainer
     module = ResNetModule.from_config(settings)
     model, optimizer = module.model, module.make_optimizer(module.model)
-    loader = device_loader(Path(config.data.prepared_dir), settings.limit_train_samples, TRAIN_BATCH,
-                           settings.seed)
+    loader = device_loader(Path(config.data.prepared_dir), settings.limit_train_samples, TRAIN_BATCH, settings.seed)
     scheduler = build_scheduler(optimizer, settings.scheduler, len(loader), 0)
     model.train()
     started, images = time.perf_counter(), 0
@@ -152,8 +176,10 @@ def report(label: str, figures: list[float]) -> float:
     """Print the median and the runs; the load average (this process's own threads included)
     shows whether other work shared the CPUs meanwhile."""
     median = statistics.median(figures)
-    print(f"{label:<58} median {median:>8,.0f} images/s   runs: {', '.join(f'{f:,.0f}' for f in figures)}"
-          f"   (load {os.getloadavg()[0]:.1f})")
+    print(
+        f"{label:<58} median {median:>8,.0f} images/s   runs: {', '.join(f'{f:,.0f}' for f in figures)}"
+        f"   (load {os.getloadavg()[0]:.1f})"
+    )
     return median
 
 
@@ -165,25 +191,37 @@ def measure_loaders(args: argparse.Namespace, train_images: int) -> tuple[float,
     """Medians of (a) and (b)."""
     # a small synthetic split has no full batch of 512, and train loaders drop partial batches
     batch = min(LOADER_BATCH, train_images)
-    device = report(f"(a) device loader, batch {batch}, CPU",
-                    images_per_s_of_epochs(device_loader(args.prepared, None, batch, 0), args.loader_repeats))
-    torchvision = report(f"(b) torchvision DataLoader, batch {batch}, {WORKERS} workers",
-                         images_per_s_of_epochs(torchvision_loader(args.prepared, batch), args.loader_repeats))
+    device = report(
+        f"(a) device loader, batch {batch}, CPU",
+        images_per_s_of_epochs(device_loader(args.prepared, None, batch, 0), args.loader_repeats),
+    )
+    torchvision = report(
+        f"(b) torchvision DataLoader, batch {batch}, {WORKERS} workers",
+        images_per_s_of_epochs(torchvision_loader(args.prepared, batch), args.loader_repeats),
+    )
     return device, torchvision
 
 
 def measure_training(args: argparse.Namespace) -> tuple[float, float]:
     """Medians of (c) and (d)."""
     with tempfile.TemporaryDirectory(prefix="loader-vs-training-") as workdir:
+
         def config(repeat: int) -> Config:
             return training_config(args, Path(workdir), repeat)
 
         # the first training in a process pays for kernel selection and allocator growth: untimed
         plain_images_per_s(config(-1))
-        figures = alternate({"lightning": lambda repeat: lightning_images_per_s(config(repeat)),
-                             "plain": lambda repeat: plain_images_per_s(config(repeat))}, args.train_repeats)
-    return (report(f"(c) train() with Lightning, resnet20, batch {TRAIN_BATCH}", figures["lightning"]),
-            report(f"(d) plain PyTorch loop, resnet20, batch {TRAIN_BATCH}", figures["plain"]))
+        figures = alternate(
+            {
+                "lightning": lambda repeat: lightning_images_per_s(config(repeat)),
+                "plain": lambda repeat: plain_images_per_s(config(repeat)),
+            },
+            args.train_repeats,
+        )
+    return (
+        report(f"(c) train() with Lightning, resnet20, batch {TRAIN_BATCH}", figures["lightning"]),
+        report(f"(d) plain PyTorch loop, resnet20, batch {TRAIN_BATCH}", figures["plain"]),
+    )
 
 
 def main() -> None:
@@ -192,10 +230,14 @@ def main() -> None:
     # their loggers does not hold (pytorch_lightning resets its own to INFO when first imported)
     logging.disable(logging.INFO)
     train_images = len(load_split(args.prepared, "train")[1])
-    print(f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")
-    print(f"data {args.prepared.resolve()}: {train_images} train images; training on "
-          f"{min(args.train_samples, train_images)} of them")
+    print(
+        f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"data {args.prepared.resolve()}: {train_images} train images; training on "
+        f"{min(args.train_samples, train_images)} of them"
+    )
     if os.getloadavg()[0] > 0.5:
         # oversubscribed cores slow the 2-thread training steps far more than their share
         print("WARNING: the CPUs are busy before the benchmark starts; the figures will be low and noisy")

@@ -76,16 +76,20 @@ def clean_environment() -> dict[str, str]:
 
 def postgres_s3_server(stack: contextlib.ExitStack, folder: Path) -> HpcsweepServer:
     """PostgreSQL + SeaweedFS + `hpcsweep server`, as the tests' shared_server fixture builds them."""
-    endpoint = stack.enter_context(seaweedfs(folder / "s3", S3_KEYS["AWS_ACCESS_KEY_ID"],
-                                             S3_KEYS["AWS_SECRET_ACCESS_KEY"], ARTIFACT_BUCKET))
+    endpoint = stack.enter_context(
+        seaweedfs(folder / "s3", S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"], ARTIFACT_BUCKET)
+    )
     s3 = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
     database_uri = stack.enter_context(postgres(folder / "postgres"))
     server_folder = folder / "server-postgres"
     server_folder.mkdir(parents=True)
     shutil.copy2(ROOT / "params.yaml", server_folder / "params.yaml")
     database, environment = server_environment(s3, database_uri)
-    server = HpcsweepServer(server_folder, ["--backend-store-uri", database,
-                                            "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"], environment)
+    server = HpcsweepServer(
+        server_folder,
+        ["--backend-store-uri", database, "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"],
+        environment,
+    )
     server.start()
     stack.callback(server.stop)
     return server
@@ -95,10 +99,16 @@ def sqlite_server(stack: contextlib.ExitStack, folder: Path) -> HpcsweepServer:
     server_folder = folder / "server-sqlite"
     server_folder.mkdir(parents=True)
     shutil.copy2(ROOT / "params.yaml", server_folder / "params.yaml")
-    server = HpcsweepServer(server_folder, [
-        "--backend-store-uri", f"sqlite:///{server_folder / 'mlflow.db'}",
-        "--artifacts-destination", str(server_folder / "artifacts")],
-        {**clean_environment(), "PYTHONPATH": str(ROOT / "src")})
+    server = HpcsweepServer(
+        server_folder,
+        [
+            "--backend-store-uri",
+            f"sqlite:///{server_folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(server_folder / "artifacts"),
+        ],
+        {**clean_environment(), "PYTHONPATH": str(ROOT / "src")},
+    )
     server.start()
     stack.callback(server.stop)
     return server
@@ -123,10 +133,28 @@ def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> 
     scratch = folder / experiment
     scratch.mkdir(parents=True)
     out = scratch / "result.json"
-    command = [sys.executable, str(ROOT / "tests" / "logging_load.py"), uri, "--clients", str(clients),
-               "--epochs", str(args.epochs), "--metrics", str(args.metrics), "--params", str(args.params),
-               "--artifact-bytes", str(args.artifact_bytes), "--experiment", experiment,
-               "--scratch", str(scratch), "--out", str(out), "--no-retries"]
+    command = [
+        sys.executable,
+        str(ROOT / "tests" / "logging_load.py"),
+        uri,
+        "--clients",
+        str(clients),
+        "--epochs",
+        str(args.epochs),
+        "--metrics",
+        str(args.metrics),
+        "--params",
+        str(args.params),
+        "--artifact-bytes",
+        str(args.artifact_bytes),
+        "--experiment",
+        experiment,
+        "--scratch",
+        str(scratch),
+        "--out",
+        str(out),
+        "--no-retries",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=clean_environment())
     if done.returncode != 0:
         raise RuntimeError(f"logging_load.py failed against {uri}: {done.stderr[-3000:]}")
@@ -139,11 +167,15 @@ def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> 
         failed += len(outcome["errors"])
         aborted += "traceback" in outcome  # create_run, params, artifact or set_terminated failed
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"wall_s": result["wall_s"], "points_per_s": accepted_calls * args.metrics / result["wall_s"],
-            "p50_ms": 1000 * percentile(epoch_latencies, 0.5) if epoch_latencies else float("nan"),
-            "p99_ms": 1000 * percentile(epoch_latencies, 0.99) if epoch_latencies else float("nan"),
-            "failed": failed, "aborted": aborted,
-            "first_errors": [e for o in result["clients"] for e in o["errors"]][:2]}
+    return {
+        "wall_s": result["wall_s"],
+        "points_per_s": accepted_calls * args.metrics / result["wall_s"],
+        "p50_ms": 1000 * percentile(epoch_latencies, 0.5) if epoch_latencies else float("nan"),
+        "p99_ms": 1000 * percentile(epoch_latencies, 0.99) if epoch_latencies else float("nan"),
+        "failed": failed,
+        "aborted": aborted,
+        "first_errors": [e for o in result["clients"] for e in o["errors"]][:2],
+    }
 
 
 def measure_logging(servers: dict[str, HpcsweepServer], folder: Path, args: argparse.Namespace) -> dict:
@@ -153,17 +185,22 @@ def measure_logging(servers: dict[str, HpcsweepServer], folder: Path, args: argp
             for backend, server in servers.items():
                 figures = one_load(server.uri, folder, clients, args)
                 cells[backend, clients].append(figures)
-                print(f"  repeat {repeat + 1}/{args.repeats} {backend:<14} {clients:>3} clients: "
-                      f"{figures['points_per_s']:>8,.0f} points/s in {figures['wall_s']:5.1f} s, log_batch "
-                      f"p50 {figures['p50_ms']:6.1f} ms p99 {figures['p99_ms']:7.1f} ms, "
-                      f"{figures['failed']} failed{' ' + repr(figures['first_errors']) if figures['failed'] else ''}"
-                      f"   (load {os.getloadavg()[0]:.1f})", flush=True)
+                print(
+                    f"  repeat {repeat + 1}/{args.repeats} {backend:<14} {clients:>3} clients: "
+                    f"{figures['points_per_s']:>8,.0f} points/s in {figures['wall_s']:5.1f} s, log_batch "
+                    f"p50 {figures['p50_ms']:6.1f} ms p99 {figures['p99_ms']:7.1f} ms, "
+                    f"{figures['failed']} failed{' ' + repr(figures['first_errors']) if figures['failed'] else ''}"
+                    f"   (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
     return cells
 
 
 def report_logging(cells: dict, args: argparse.Namespace) -> None:
-    print(f"\nLogging throughput and latency, medians of {args.repeats} loads ({args.epochs} epochs x "
-          f"{args.metrics} metrics, {args.params} params, artifact {args.artifact_bytes} bytes per client):")
+    print(
+        f"\nLogging throughput and latency, medians of {args.repeats} loads ({args.epochs} epochs x "
+        f"{args.metrics} metrics, {args.params} params, artifact {args.artifact_bytes} bytes per client):"
+    )
     print("| backend | clients | metric points/s | log_batch p50 | log_batch p99 | failed calls (each load) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for clients in args.clients:
@@ -171,10 +208,12 @@ def report_logging(cells: dict, args: argparse.Namespace) -> None:
             runs = cells[backend, clients]
             failed = ", ".join(str(run["failed"]) for run in runs)
             aborted = sum(run["aborted"] for run in runs)
-            print(f"| {backend} | {clients} | {statistics.median(r['points_per_s'] for r in runs):,.0f} | "
-                  f"{statistics.median(r['p50_ms'] for r in runs):.1f} ms | "
-                  f"{statistics.median(r['p99_ms'] for r in runs):.1f} ms | {failed}"
-                  f"{f' ({aborted} clients aborted)' if aborted else ''} |")
+            print(
+                f"| {backend} | {clients} | {statistics.median(r['points_per_s'] for r in runs):,.0f} | "
+                f"{statistics.median(r['p50_ms'] for r in runs):.1f} ms | "
+                f"{statistics.median(r['p99_ms'] for r in runs):.1f} ms | {failed}"
+                f"{f' ({aborted} clients aborted)' if aborted else ''} |"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +270,7 @@ def wrap_logging(timers: MainThreadTimers) -> None:
         timers.wrap(RestStore, name, "log calls")
         timers.wrap(SpoolingStore, name, "log calls")
     # the one method every spooled write ends in
-    timers.wrap(SpoolingStore, "spool_record",
-                "log calls")
+    timers.wrap(SpoolingStore, "spool_record", "log calls")
     timers.wrap(SpoolingArtifactRepository, "log_artifact", "log calls")
     timers.wrap(HttpArtifactRepository, "log_artifact", "log calls")
     timers.wrap(MlflowAutologgingQueueingClient, "flush", "log calls")
@@ -243,8 +281,16 @@ def wrap_logging(timers: MainThreadTimers) -> None:
 def prepare_data(folder: Path) -> Path:
     """The real CIFAR-10, built from ../shared/data and prepared by the CLI in a temp project."""
     archive = folder / "cifar-10-python.tar.gz"
-    subprocess.run([sys.executable, str(SHARED_DATA / "make_cifar10_archive.py"),
-                    str(SHARED_DATA / "cifar10-jpeg.tar.gz"), str(archive)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SHARED_DATA / "make_cifar10_archive.py"),
+            str(SHARED_DATA / "cifar10-jpeg.tar.gz"),
+            str(archive),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     import yaml
 
     project = folder / "data-project"
@@ -253,8 +299,13 @@ def prepare_data(folder: Path) -> Path:
     params["data"].update(raw_dir=str(project / "data/raw"), prepared_dir=str(project / "data/prepared"))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["download", "--archive", str(archive)], ["prepare"]):
-        subprocess.run([sys.executable, "-m", "hpcsweep", *command], cwd=project, check=True,
-                       stdout=subprocess.DEVNULL, env={**clean_environment(), "PYTHONPATH": str(ROOT / "src")})
+        subprocess.run(
+            [sys.executable, "-m", "hpcsweep", *command],
+            cwd=project,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**clean_environment(), "PYTHONPATH": str(ROOT / "src")},
+        )
     return project / "data/prepared"
 
 
@@ -267,10 +318,16 @@ def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides:
     from hpcsweep.train import train
 
     mode = "spool" if spool else "no-spool"
-    config = load_config(ROOT / "params.yaml", [
-        *overrides, f"data.prepared_dir={prepared}", f"tracking.uri={uri}",
-        f"tracking.experiment=bench-train-{mode}-{uuid.uuid4().hex[:8]}",
-        f"tracking.checkpoint_dir={folder / ('checkpoints-' + mode)}"])
+    config = load_config(
+        ROOT / "params.yaml",
+        [
+            *overrides,
+            f"data.prepared_dir={prepared}",
+            f"tracking.uri={uri}",
+            f"tracking.experiment=bench-train-{mode}-{uuid.uuid4().hex[:8]}",
+            f"tracking.checkpoint_dir={folder / ('checkpoints-' + mode)}",
+        ],
+    )
     timers = MainThreadTimers()
     original_spooled_writes = tracking.spooled_writes
     suppress_url = os.environ.get(SUPPRESS_URL)
@@ -291,10 +348,17 @@ def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides:
         else:
             os.environ[SUPPRESS_URL] = suppress_url
     run = mlflow.MlflowClient(uri).get_run(result.run_id)  # everything arrived, in both modes
-    return {"mode": mode, "total_s": total_s, "fit_s": result.total_time_s, "status": result.status,
-            "server_status": run.info.status, "server_metrics": len(run.data.metrics),
-            "images_per_s": run.data.metrics.get("train/images_per_s"),
-            "seconds": dict(timers.seconds), "calls": dict(timers.calls)}
+    return {
+        "mode": mode,
+        "total_s": total_s,
+        "fit_s": result.total_time_s,
+        "status": result.status,
+        "server_status": run.info.status,
+        "server_metrics": len(run.data.metrics),
+        "images_per_s": run.data.metrics.get("train/images_per_s"),
+        "seconds": dict(timers.seconds),
+        "calls": dict(timers.calls),
+    }
 
 
 def measure_training(uri: str, prepared: Path, folder: Path, args: argparse.Namespace) -> list[dict]:
@@ -304,18 +368,23 @@ def measure_training(uri: str, prepared: Path, folder: Path, args: argparse.Name
             figures = one_training(uri, prepared, folder, spool, args.train_overrides)
             runs.append(figures)
             seconds = figures["seconds"]
-            print(f"  {figures['mode']:<8} train() {figures['total_s']:6.1f} s (fit {figures['fit_s']:.1f} s, "
-                  f"{figures['images_per_s'] or 0:.0f} images/s); main thread in log calls "
-                  f"{seconds.get('log calls', 0):.3f} s ({figures['calls'].get('log calls', 0)} calls), "
-                  f"other requests {seconds.get('other requests', 0):.3f} s, final flush "
-                  f"{seconds.get('final flush', 0):.3f} s; run on the server: {figures['server_status']}, "
-                  f"{figures['server_metrics']} metrics   (load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"  {figures['mode']:<8} train() {figures['total_s']:6.1f} s (fit {figures['fit_s']:.1f} s, "
+                f"{figures['images_per_s'] or 0:.0f} images/s); main thread in log calls "
+                f"{seconds.get('log calls', 0):.3f} s ({figures['calls'].get('log calls', 0)} calls), "
+                f"other requests {seconds.get('other requests', 0):.3f} s, final flush "
+                f"{seconds.get('final flush', 0):.3f} s; run on the server: {figures['server_status']}, "
+                f"{figures['server_metrics']} metrics   (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     return runs
 
 
 def report_training(runs: list[dict], args: argparse.Namespace) -> None:
-    print(f"\nShare of train() wall time on the main thread, resnet20, {' '.join(args.train_overrides)} "
-          f"(median of {args.train_repeats} per mode):")
+    print(
+        f"\nShare of train() wall time on the main thread, resnet20, {' '.join(args.train_overrides)} "
+        f"(median of {args.train_repeats} per mode):"
+    )
     print("| mode | train() wall | log calls | other server requests | final spool flush | all three |")
     print("| --- | --- | --- | --- | --- | --- |")
     for mode in ("spool", "no-spool"):
@@ -323,13 +392,16 @@ def report_training(runs: list[dict], args: argparse.Namespace) -> None:
         total = statistics.median(run["total_s"] for run in mine)
 
         def cell(*categories: str) -> str:
-            share = statistics.median(sum(run["seconds"].get(c, 0.0) for c in categories) / run["total_s"]
-                                      for run in mine)
+            share = statistics.median(
+                sum(run["seconds"].get(c, 0.0) for c in categories) / run["total_s"] for run in mine
+            )
             seconds = statistics.median(sum(run["seconds"].get(c, 0.0) for c in categories) for run in mine)
             return f"{seconds:.2f} s = {100 * share:.2f}%"
 
-        print(f"| {mode} | {total:.1f} s | {cell('log calls')} | {cell('other requests')} | "
-              f"{cell('final flush')} | {cell('log calls', 'other requests', 'final flush')} |")
+        print(
+            f"| {mode} | {total:.1f} s | {cell('log calls')} | {cell('other requests')} | "
+            f"{cell('final flush')} | {cell('log calls', 'other requests', 'final flush')} |"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,13 +423,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--metrics", type=int, default=6)
     parser.add_argument("--params", type=int, default=5)
     parser.add_argument("--artifact-bytes", type=int, default=1024)
-    parser.add_argument("--prepared-dir", type=Path,
-                        help="a prepared CIFAR-10 folder (train.pt, test.pt, stats.json); default: build one "
-                             "from ../shared/data in a temp folder (about 45 s)")
-    parser.add_argument("--train-repeats", type=int, default=2,
-                        help="trainings per mode in part 2, alternating which mode goes first")
-    parser.add_argument("-s", "--set", dest="train_overrides", action="append",
-                        help=f"training overrides for part 2, replacing the default {' '.join(TRAIN_OVERRIDES)}")
+    parser.add_argument(
+        "--prepared-dir",
+        type=Path,
+        help="a prepared CIFAR-10 folder (train.pt, test.pt, stats.json); default: build one "
+        "from ../shared/data in a temp folder (about 45 s)",
+    )
+    parser.add_argument(
+        "--train-repeats", type=int, default=2, help="trainings per mode in part 2, alternating which mode goes first"
+    )
+    parser.add_argument(
+        "-s",
+        "--set",
+        dest="train_overrides",
+        action="append",
+        help=f"training overrides for part 2, replacing the default {' '.join(TRAIN_OVERRIDES)}",
+    )
     parser.add_argument("--skip-logging", action="store_true", help="only part 2")
     parser.add_argument("--skip-training", action="store_true", help="only part 1")
     args = parser.parse_args()
@@ -374,9 +455,11 @@ def main() -> None:
     import torch
 
     started = time.perf_counter()
-    print(f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
-          f"Python {platform.python_version()}, mlflow {mlflow.__version__}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"date {datetime.datetime.now().isoformat(timespec='minutes')}, {os.cpu_count()} cores, {cpu_model()}, "
+        f"Python {platform.python_version()}, mlflow {mlflow.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}"
+    )
     if os.getloadavg()[0] > 0.5:
         print("WARNING: the CPUs are busy before the benchmark starts; the figures will be low and noisy")
     if not args.skip_training:  # fail now, not after part 1, if a timed method has moved
@@ -392,8 +475,11 @@ def main() -> None:
         servers = {"postgresql+s3": postgres_s3_server(stack, folder)}
         if not args.skip_logging:
             servers["sqlite"] = sqlite_server(stack, folder)
-        print(f"servers up after {time.perf_counter() - started:.0f} s: "
-              + ", ".join(f"{name} {server.uri}" for name, server in servers.items()), flush=True)
+        print(
+            f"servers up after {time.perf_counter() - started:.0f} s: "
+            + ", ".join(f"{name} {server.uri}" for name, server in servers.items()),
+            flush=True,
+        )
         if not args.skip_logging:
             cells = measure_logging(servers, folder, args)
             servers["sqlite"].stop()  # idle, but its workers need not share the CPUs with training

@@ -108,8 +108,9 @@ def slurm_cluster() -> dict[str, str]:
 
     done = subprocess.run(["bash", str(ROOT / "slurm/cluster/up.sh")], capture_output=True, text=True)
     require(done.returncode == 0, f"slurm/cluster/up.sh failed: {done.stderr[-2000:]}")
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines()
-                   if line.startswith("export "))
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines() if line.startswith("export ")
+    )
     os.environ.update(exports)
     os.environ["HPCSWEEP_MASTER_ADDR"] = "127.0.0.1"  # the dev cluster's node names do not resolve
     return exports
@@ -124,8 +125,9 @@ def s3_store(tmp_path_factory) -> dict[str, str]:
     """A real S3 (SeaweedFS) with the artifact bucket; the environment a client needs to use it."""
     from services import seaweedfs
 
-    with seaweedfs(tmp_path_factory.mktemp("s3"), S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-                   ARTIFACT_BUCKET) as endpoint:
+    with seaweedfs(
+        tmp_path_factory.mktemp("s3"), S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"], ARTIFACT_BUCKET
+    ) as endpoint:
         yield {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -156,8 +158,11 @@ def shared_server(tmp_path_factory, postgres_uri, s3_store):
     folder = tmp_path_factory.mktemp("shared-server")
     shutil.copy2(ROOT / "params.yaml", folder / "params.yaml")
     database, environment = server_environment(s3_store, postgres_uri)
-    server = HpcsweepServer(folder, ["--backend-store-uri", database,
-                                     "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"], environment)
+    server = HpcsweepServer(
+        folder,
+        ["--backend-store-uri", database, "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"],
+        environment,
+    )
     server.start()
     try:
         yield server

@@ -42,12 +42,15 @@ def one_client(args: argparse.Namespace, client: int, experiment_id: str, result
         run = mlflow_client.create_run(experiment_id, run_name=f"client-{client}")
         run_id = outcome["run_id"] = run.info.run_id
         started = time.perf_counter()
-        mlflow_client.log_batch(run_id, params=[mlflow.entities.Param(f"param_{i}", str(client * 10 + i))
-                                                for i in range(args.params)])
+        mlflow_client.log_batch(
+            run_id, params=[mlflow.entities.Param(f"param_{i}", str(client * 10 + i)) for i in range(args.params)]
+        )
         outcome["latencies_s"].append(time.perf_counter() - started)
         for epoch in range(args.epochs):
-            metrics = [mlflow.entities.Metric(f"metric_{m}", metric_value(client, epoch, m), int(time.time() * 1000),
-                                              epoch) for m in range(args.metrics)]
+            metrics = [
+                mlflow.entities.Metric(f"metric_{m}", metric_value(client, epoch, m), int(time.time() * 1000), epoch)
+                for m in range(args.metrics)
+            ]
             started = time.perf_counter()
             try:
                 mlflow_client.log_batch(run_id, metrics=metrics)
@@ -76,8 +79,11 @@ def main() -> None:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--scratch", default="/tmp")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--no-retries", action="store_true",
-                        help="Fail a call at the first error instead of MLflow's retries with back-off.")
+    parser.add_argument(
+        "--no-retries",
+        action="store_true",
+        help="Fail a call at the first error instead of MLflow's retries with back-off.",
+    )
     args = parser.parse_args()
     if args.no_retries:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -89,16 +95,21 @@ def main() -> None:
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     started = time.perf_counter()
-    clients = [context.Process(target=one_client, args=(args, client, experiment_id, results))
-               for client in range(args.clients)]
+    clients = [
+        context.Process(target=one_client, args=(args, client, experiment_id, results))
+        for client in range(args.clients)
+    ]
     for process in clients:
         process.start()
     outcomes = [results.get() for _ in clients]
     for process in clients:
         process.join()
     wall_s = time.perf_counter() - started
-    Path(args.out).write_text(json.dumps({"experiment_id": experiment_id, "wall_s": wall_s,
-                                          "clients": sorted(outcomes, key=lambda o: o["client"])}))
+    Path(args.out).write_text(
+        json.dumps(
+            {"experiment_id": experiment_id, "wall_s": wall_s, "clients": sorted(outcomes, key=lambda o: o["client"])}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,22 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     log = open(folder / "server.log", "w")
     mlflow = Path(sys.executable).parent / "mlflow"
     process = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -116,17 +128,39 @@ def postgres(folder: Path) -> Iterator[str]:
         return subprocess.run([*prefix, *command], cwd=home, stdout=log, stderr=subprocess.STDOUT)
 
     try:
-        done = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                   "--auth-host=scram-sha-256", "--no-sync")
+        done = run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        )
         require(done.returncode == 0, f"initdb failed: {tail(folder / 'postgres.log')}")
         with open(data / "postgresql.conf", "a") as conf:  # the last setting of a name wins
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n")
         # Without -l the server keeps pg_ctl's stdout: our log file, which the postgres user cannot open itself.
         done = run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "start")
         require(done.returncode == 0, f"pg_ctl start failed: {tail(folder / 'postgres.log')}")
-        done = run(str(bindir / "psql"), "-h", str(home), "-p", str(port), "-U", "postgres", "-d", "postgres",
-                   "-v", "ON_ERROR_STOP=1", "-c", f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'",
-                   "-c", "CREATE DATABASE mlflow OWNER mlflow")  # two -c: CREATE DATABASE refuses a transaction
+        done = run(
+            str(bindir / "psql"),
+            "-h",
+            str(home),
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f"CREATE ROLE mlflow LOGIN PASSWORD '{password}'",
+            "-c",
+            "CREATE DATABASE mlflow OWNER mlflow",
+        )  # two -c: CREATE DATABASE refuses a transaction
         require(done.returncode == 0, f"creating role and database failed: {tail(folder / 'postgres.log')}")
         yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
     finally:
@@ -138,11 +172,15 @@ def postgres(folder: Path) -> Iterator[str]:
 
 def s3_identities(access_key: str, secret_key: str) -> dict:
     """SeaweedFS's -s3.config: one identity, so every other key pair (and anonymous) is refused."""
-    return {"identities": [{
-        "name": "hpcsweep",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}
+    return {
+        "identities": [
+            {
+                "name": "hpcsweep",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
 
 
 @contextlib.contextmanager
@@ -169,23 +207,53 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> It
     config = folder / "s3.json"
     config.write_text(json.dumps(s3_identities(access_key, secret_key)))
     config.chmod(0o600)
-    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-             "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "iam.port"]
+    names = [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "iam.port",
+    ]
     ports = {name: free_port() for name in names}
     (folder / "data").mkdir(exist_ok=True)
     log = open(folder / "weed.log", "w")
     process = subprocess.Popen(
-        [str(weed), "-logtostderr", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
-         "-master.telemetry=false", "-filer", "-s3", f"-s3.config={config}", "-volume.preStopSeconds=0",
-         *(f"-{name}={port}" for name, port in ports.items())],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder,  # -logtostderr: else glog writes files into /tmp
+        [
+            str(weed),
+            "-logtostderr",
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={folder / 'data'}",
+            "-master.telemetry=false",
+            "-filer",
+            "-s3",
+            f"-s3.config={config}",
+            "-volume.preStopSeconds=0",
+            *(f"-{name}={port}" for name, port in ports.items()),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=folder,  # -logtostderr: else glog writes files into /tmp
     )
     url = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         started = wait_for_http(url, process, any_status=True)
         require(started, f"weed server -s3 did not start: {tail(folder / 'weed.log')}")
-        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=access_key,
-                              aws_secret_access_key=secret_key, config=Config(retries={"max_attempts": 1}))
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 1}),
+        )
         deadline = time.monotonic() + 60
         while True:  # the gateway answers before the filer and volume server are ready for writes
             try:
@@ -214,7 +282,6 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> It
                     os.unlink(leftover)
 
 
-
 class HpcsweepServer:
     """`hpcsweep server` as a process a test can stop and start again on the same port (an outage).
 
@@ -232,9 +299,25 @@ class HpcsweepServer:
     def start(self) -> None:
         log = open(self.folder / "server.log", "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hpcsweep", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "2", *self.arguments],
-            cwd=self.folder, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "hpcsweep",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                *self.arguments,
+            ],
+            cwd=self.folder,
+            env=self.environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         started = wait_for_http(f"{self.uri}/health", self.process)
         require(started, f"hpcsweep server did not start: {tail(self.folder / 'server.log')}")

@@ -34,22 +34,40 @@ def batch(count: int, rng: np.random.Generator, name: str, *, bad_shape: bool, b
     labels = [int(x) for x in labels]
     if bad_label:
         labels[0] = 10
-    return {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-            b"filenames": [f"img_{i}.png".encode() for i in range(count)]}
+    return {
+        b"batch_label": name.encode(),
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img_{i}.png".encode() for i in range(count)],
+    }
 
 
-def write_archive(path: Path, per_batch: int = 60, seed: int = 0, *, drop: str | None = None,
-                  bad_shape: str | None = None, bad_label: str | None = None) -> Path:
+def write_archive(
+    path: Path,
+    per_batch: int = 60,
+    seed: int = 0,
+    *,
+    drop: str | None = None,
+    bad_shape: str | None = None,
+    bad_label: str | None = None,
+) -> Path:
     """Write the archive; `drop` leaves a member out, `bad_shape`/`bad_label` break one batch."""
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    members = {name: batch(per_batch, rng, name, bad_shape=name == bad_shape, bad_label=name == bad_label)
-               for name in BATCHES}
-    members["batches.meta"] = {b"num_cases_per_batch": per_batch, b"num_vis": 3072,
-                               b"label_names": [c.encode() for c in CLASSES]}
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
+    members = {
+        name: batch(per_batch, rng, name, bad_shape=name == bad_shape, bad_label=name == bad_label) for name in BATCHES
+    }
+    members["batches.meta"] = {
+        b"num_cases_per_batch": per_batch,
+        b"num_vis": 3072,
+        b"label_names": [c.encode() for c in CLASSES],
+    }
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for name, content in members.items():
             if name == drop:
                 continue

@@ -104,8 +104,16 @@ def prepared_600(project):
 
 
 def config_for(project, *assignments: str):
-    return load_config(project / "params.yaml", [*QUICK, "batch_size=512", "base_batch_size=512",
-                                                 f"tracking.checkpoint_dir={project / 'checkpoints'}", *assignments])
+    return load_config(
+        project / "params.yaml",
+        [
+            *QUICK,
+            "batch_size=512",
+            "base_batch_size=512",
+            f"tracking.checkpoint_dir={project / 'checkpoints'}",
+            *assignments,
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -123,10 +131,25 @@ def test_auto_under_a_memory_limit_accumulates_to_the_effective_batch(prepared_6
 
 @pytest.mark.slow
 def test_ddp_ranks_probe_and_agree_on_one_micro_batch(prepared_600, tracking_server):
-    args = ["train", *overrides(*QUICK, "batch_size=512", "base_batch_size=512", "strategy=ddp", "devices=2",
-                                "memory_limit_mb=200", "tracking.experiment=auto-ddp")]
-    done = subprocess.run([sys.executable, "-m", "hpcsweep", *args], cwd=prepared_600,
-                          env=environment(tracking_server), capture_output=True, text=True)
+    args = [
+        "train",
+        *overrides(
+            *QUICK,
+            "batch_size=512",
+            "base_batch_size=512",
+            "strategy=ddp",
+            "devices=2",
+            "memory_limit_mb=200",
+            "tracking.experiment=auto-ddp",
+        ),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", *args],
+        cwd=prepared_600,
+        env=environment(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, "auto-ddp")
     metrics = run.data.metrics
@@ -151,8 +174,10 @@ def test_an_out_of_memory_mid_epoch_halves_the_micro_batch_and_reruns_the_same_s
 
     monkeypatch.setattr(ResNetModule, "backward_micro_batch", fail_in_the_middle_of_the_third_step)
     project = prepared.parent.parent
-    config = load_config(project / "params.yaml", [*QUICK, "max_epochs=2", "micro_batch_size=20",
-                                                   f"tracking.checkpoint_dir={tmp_path / 'checkpoints'}"])
+    config = load_config(
+        project / "params.yaml",
+        [*QUICK, "max_epochs=2", "micro_batch_size=20", f"tracking.checkpoint_dir={tmp_path / 'checkpoints'}"],
+    )
     result = train(config)
     assert result.status == "FINISHED" and result.oom_retries == 1
     assert result.micro_batch_size == 10 and result.accumulate_grad_batches == 6
@@ -162,13 +187,16 @@ def test_an_out_of_memory_mid_epoch_halves_the_micro_batch_and_reruns_the_same_s
     assert steps == [10.0, 10.0]  # the epoch ended with the halved micro-batch
 
 
-@pytest.mark.parametrize(("assignments", "expected"), [
-    (["micro_batch_size=256", "batch_size=128"], "micro_batch_size=256 must divide the per-rank batch 128"),
-    (["micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
-    (["micro_batch_size=-4"], "micro_batch_size=-4: must be >= 1"),
-    (["micro_batch_size=48", "batch_size=128"], "valid nearby: 8, 16, 32, 64"),
-    (["batch_size=100", "strategy=ddp", "devices=8"], "valid nearby: 96, 104"),
-])
+@pytest.mark.parametrize(
+    ("assignments", "expected"),
+    [
+        (["micro_batch_size=256", "batch_size=128"], "micro_batch_size=256 must divide the per-rank batch 128"),
+        (["micro_batch_size=0"], "micro_batch_size=0: must be >= 1"),
+        (["micro_batch_size=-4"], "micro_batch_size=-4: must be >= 1"),
+        (["micro_batch_size=48", "batch_size=128"], "valid nearby: 8, 16, 32, 64"),
+        (["batch_size=100", "strategy=ddp", "devices=8"], "valid nearby: 96, 104"),
+    ],
+)
 def test_bad_batch_values_name_what_would_work(assignments, expected, project):
     with pytest.raises(UserError) as error:
         load_config(project / "params.yaml", assignments)
@@ -177,9 +205,13 @@ def test_bad_batch_values_name_what_would_work(assignments, expected, project):
 
 def test_cli_memory_limit_below_micro_batch_one_exits_with_one_line(prepared, tmp_path):
     project = prepared.parent.parent
-    done = subprocess.run([sys.executable, "-m", "hpcsweep", "train", *overrides(*QUICK, "memory_limit_mb=1")],
-                          cwd=project, env=environment(f"sqlite:///{tmp_path / 'mlflow.db'}"),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "train", *overrides(*QUICK, "memory_limit_mb=1")],
+        cwd=project,
+        env=environment(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1].startswith("Error: train.memory_limit_mb=1: even micro_batch_size=1 needs")
     assert "Traceback" not in done.stderr

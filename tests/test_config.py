@@ -108,7 +108,10 @@ def test_missing_and_unknown_keys_in_a_file_are_named(tmp_path):
     params["tracking"]["colour"] = "blue"
     other = tmp_path / "params.yaml"
     other.write_text(yaml.safe_dump(params))
-    with pytest.raises(UserError, match=rf"{other}: unknown key tracking.colour; valid: uri, experiment, system_metrics, checkpoint_dir"):
+    with pytest.raises(
+        UserError,
+        match=rf"{other}: unknown key tracking.colour; valid: uri, experiment, system_metrics, checkpoint_dir",
+    ):
         load_config(other)
     del params["tracking"]["colour"]
     del params["train"]["seed"]
@@ -118,12 +121,30 @@ def test_missing_and_unknown_keys_in_a_file_are_named(tmp_path):
 
 
 BAD_TRAIN_VALUES = {
-    "model": "resnet7", "optimizer": "adamm", "lr": 0, "momentum": -0.1, "nesterov": "maybe",
-    "weight_decay": -1, "decay_norm_and_bias": 2, "scheduler": "linear", "warmup_epochs": -1,
-    "lr_scaling": "cubic", "base_batch_size": 0, "batch_size": -8, "micro_batch_size": "half",
-    "memory_limit_mb": 0, "memory_margin": 1.0, "max_epochs": 0, "precision": "fp8",
-    "accelerator": "tpu", "strategy": "fsdp", "devices": 0, "num_nodes": 0, "seed": -1,
-    "limit_train_samples": 0, "target_accuracy": 0,
+    "model": "resnet7",
+    "optimizer": "adamm",
+    "lr": 0,
+    "momentum": -0.1,
+    "nesterov": "maybe",
+    "weight_decay": -1,
+    "decay_norm_and_bias": 2,
+    "scheduler": "linear",
+    "warmup_epochs": -1,
+    "lr_scaling": "cubic",
+    "base_batch_size": 0,
+    "batch_size": -8,
+    "micro_batch_size": "half",
+    "memory_limit_mb": 0,
+    "memory_margin": 1.0,
+    "max_epochs": 0,
+    "precision": "fp8",
+    "accelerator": "tpu",
+    "strategy": "fsdp",
+    "devices": 0,
+    "num_nodes": 0,
+    "seed": -1,
+    "limit_train_samples": 0,
+    "target_accuracy": 0,
 }
 
 CONTRADICTIONS = [

@@ -47,7 +47,9 @@ def test_a_file_others_can_read_is_refused_with_the_fix(secrets_file, mode):
 
 def test_a_name_nothing_reads_is_refused_naming_the_line(secrets_file):
     secrets_file.write_text("AWS_ACCESS_KEY_ID=a\nAWS_SECRET_KEY=typo\n")
-    with pytest.raises(UserError, match=rf"{secrets_file}:2: expected NAME=VALUE with NAME one of: .*AWS_SECRET_ACCESS_KEY"):
+    with pytest.raises(
+        UserError, match=rf"{secrets_file}:2: expected NAME=VALUE with NAME one of: .*AWS_SECRET_ACCESS_KEY"
+    ):
         credentials.load_secrets(str(secrets_file))
 
 

@@ -61,10 +61,22 @@ def corrupt_archives(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
     not_tar.write_bytes(gzip.compress(b"gzip but no tar inside" * 100))
     return {
         "truncated gzip": (truncated, "not a readable cifar-10-python.tar.gz"),
-        "missing batch": (write_archive(folder / "missing.tar.gz", drop="data_batch_3"), "missing cifar-10-batches-py/data_batch_3"),
-        "missing meta": (write_archive(folder / "nometa.tar.gz", drop="batches.meta"), "missing cifar-10-batches-py/batches.meta"),
-        "wrong shape": (write_archive(folder / "shape.tar.gz", bad_shape="data_batch_2"), "data_batch_2: data is uint8 (60, 1024); expected uint8 (60, 3072)"),
-        "label out of range": (write_archive(folder / "label.tar.gz", bad_label="test_batch"), "test_batch: labels range 0..10; expected 0..9"),
+        "missing batch": (
+            write_archive(folder / "missing.tar.gz", drop="data_batch_3"),
+            "missing cifar-10-batches-py/data_batch_3",
+        ),
+        "missing meta": (
+            write_archive(folder / "nometa.tar.gz", drop="batches.meta"),
+            "missing cifar-10-batches-py/batches.meta",
+        ),
+        "wrong shape": (
+            write_archive(folder / "shape.tar.gz", bad_shape="data_batch_2"),
+            "data_batch_2: data is uint8 (60, 1024); expected uint8 (60, 3072)",
+        ),
+        "label out of range": (
+            write_archive(folder / "label.tar.gz", bad_label="test_batch"),
+            "test_batch: labels range 0..10; expected 0..9",
+        ),
         "not an archive": (not_archive, "not a readable cifar-10-python.tar.gz"),
         "empty file": (empty, "not a readable cifar-10-python.tar.gz"),
         "gzip without tar": (not_tar, "not a readable cifar-10-python.tar.gz"),

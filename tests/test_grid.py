@@ -20,10 +20,13 @@ from hpcsweep.grid import expand, load_grid
 from test_train import environment
 
 ISSUE_EXAMPLE = {
-    "name": "optimizers", "experiment": "cifar10-optimizers", "base": {"model": "resnet20", "max_epochs": 30},
+    "name": "optimizers",
+    "experiment": "cifar10-optimizers",
+    "base": {"model": "resnet20", "max_epochs": 30},
     "grid": {"optimizer": ["sgd", "adam", "rmsprop"], "batch_size": [128, 1024]},
     "variants": [{"optimizer": "sgd", "lr": 0.1}, {"optimizer": "adam", "lr": 0.001}],
-    "exclude": [{"optimizer": "rmsprop", "batch_size": 1024}], "seeds": [0, 1, 2],
+    "exclude": [{"optimizer": "rmsprop", "batch_size": 1024}],
+    "seeds": [0, 1, 2],
 }
 TINY = {"max_epochs": 1, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
 
@@ -46,8 +49,12 @@ def test_variants_select_the_grid_points_they_agree_with_and_set_their_other_key
 
 def test_variants_without_grid_keys_cross_the_grid():
     spec = {"grid": {"batch_size": [128, 256]}, "variants": [{"lr": 0.1}, {"lr": 0.2, "momentum": 0.8}]}
-    assert expand(spec) == [{"batch_size": 128, "lr": 0.1}, {"batch_size": 128, "lr": 0.2, "momentum": 0.8},
-                            {"batch_size": 256, "lr": 0.1}, {"batch_size": 256, "lr": 0.2, "momentum": 0.8}]
+    assert expand(spec) == [
+        {"batch_size": 128, "lr": 0.1},
+        {"batch_size": 128, "lr": 0.2, "momentum": 0.8},
+        {"batch_size": 256, "lr": 0.1},
+        {"batch_size": 256, "lr": 0.2, "momentum": 0.8},
+    ]
 
 
 def test_every_point_is_a_full_validated_config_with_a_stable_id(tmp_path):
@@ -59,16 +66,21 @@ def test_every_point_is_a_full_validated_config_with_a_stable_id(tmp_path):
     assert [p.config.hash for p in again.points] == [p.config.hash for p in grid.points]
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ({**ISSUE_EXAMPLE, "colour": "red"}, "unknown key 'colour'; valid: name, experiment, base, grid, variants"),
-    ({"name": "x", "grid": {}}, "empty grid: give at least one of grid, variants or seeds"),
-    ({"name": "x", "grid": {"lr": []}}, "grid.lr must be a non-empty list"),
-    ({"name": "x", "grid": {"optimizer": ["sgd", "adamm"]}},
-     "point 1 (optimizer=adamm): train.optimizer='adamm': valid: sgd, adam"),
-    ({"name": "x", "grid": {"lr": [0.1]}, "base": {"colour": 1}}, "unknown key train.colour"),
-    ({"name": "x", "grid": {"lr": [0.1]}, "slurm": {"time": "2h"}}, "slurm.time='2h': expected [D-]HH:MM:SS"),
-    ({"name": "bad name!", "grid": {"lr": [0.1]}}, "name must be a word"),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({**ISSUE_EXAMPLE, "colour": "red"}, "unknown key 'colour'; valid: name, experiment, base, grid, variants"),
+        ({"name": "x", "grid": {}}, "empty grid: give at least one of grid, variants or seeds"),
+        ({"name": "x", "grid": {"lr": []}}, "grid.lr must be a non-empty list"),
+        (
+            {"name": "x", "grid": {"optimizer": ["sgd", "adamm"]}},
+            "point 1 (optimizer=adamm): train.optimizer='adamm': valid: sgd, adam",
+        ),
+        ({"name": "x", "grid": {"lr": [0.1]}, "base": {"colour": 1}}, "unknown key train.colour"),
+        ({"name": "x", "grid": {"lr": [0.1]}, "slurm": {"time": "2h"}}, "slurm.time='2h': expected [D-]HH:MM:SS"),
+        ({"name": "bad name!", "grid": {"lr": [0.1]}}, "name must be a word"),
+    ],
+)
 def test_bad_grid_files_are_one_clear_line(tmp_path, spec, expected):
     path = write_grid(tmp_path, spec)
     with pytest.raises(UserError) as error:
@@ -84,20 +96,43 @@ def test_a_yaml_error_names_its_line(tmp_path):
 
 
 def test_rendered_job_script_matches_the_snapshot():
-    spec = JobSpec(name="hpcsweep-optimizers", array_size=12, max_parallel=4, nodes=2, tasks_per_node=4,
-                   cpus_per_task=8, mem="32G", time="02:00:00", workdir=Path("/home/u/study"),
-                   log_dir=Path("/home/u/study/runs/optimizers/20260101-000000/logs"),
-                   command=["/home/u/study/.venv/bin/python", "-m", "hpcsweep", "run-point", "/p/points-0.json"],
-                   gpus_per_node=4, partition="gpu", account="proj42", setup=["module load cuda/12.4"],
-                   extra={"constraint": "a100"})
+    spec = JobSpec(
+        name="hpcsweep-optimizers",
+        array_size=12,
+        max_parallel=4,
+        nodes=2,
+        tasks_per_node=4,
+        cpus_per_task=8,
+        mem="32G",
+        time="02:00:00",
+        workdir=Path("/home/u/study"),
+        log_dir=Path("/home/u/study/runs/optimizers/20260101-000000/logs"),
+        command=["/home/u/study/.venv/bin/python", "-m", "hpcsweep", "run-point", "/p/points-0.json"],
+        gpus_per_node=4,
+        partition="gpu",
+        account="proj42",
+        setup=["module load cuda/12.4"],
+        extra={"constraint": "a100"},
+    )
     expected = (Path(__file__).parent / "snapshots" / "job-array.sbatch").read_text()
     assert render_job_script(spec) == expected
 
 
 def test_unknown_extra_sbatch_options_and_bad_templates_are_refused():
-    spec = JobSpec(name="x", array_size=1, max_parallel=1, nodes=1, tasks_per_node=1, cpus_per_task=1, mem="1G",
-                   time="00:10:00", workdir=Path("/w"), log_dir=Path("/w/logs"), command=["true"],
-                   extra={"ntasks": 8})
+    spec = JobSpec(
+        name="x",
+        array_size=1,
+        max_parallel=1,
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=1,
+        mem="1G",
+        time="00:10:00",
+        workdir=Path("/w"),
+        log_dir=Path("/w/logs"),
+        command=["true"],
+        extra={"ntasks": 8},
+    )
     with pytest.raises(UserError, match="unknown or config-controlled option 'ntasks'; valid: account, begin"):
         render_job_script(spec)
     ok = JobSpec(**{**spec.__dict__, "extra": {}})
@@ -117,17 +152,32 @@ def point_runs(uri: str, grid_name: str) -> list:
 
 @pytest.mark.slow
 def test_local_grid_makes_one_parent_and_a_child_per_point_and_relaunch_skips_finished(
-        prepared, tracking_server, tmp_path):
+    prepared, tracking_server, tmp_path
+):
     project = prepared.parent.parent
     name = f"local{os.getpid()}"
-    spec = {"name": name, "experiment": f"{name}-exp", "base": TINY, "grid": {"optimizer": ["sgd", "adam"]},
-            "variants": [{"optimizer": "adam", "lr": 0.001}],
-            "exclude": [], "seeds": [0]}
+    spec = {
+        "name": name,
+        "experiment": f"{name}-exp",
+        "base": TINY,
+        "grid": {"optimizer": ["sgd", "adam"]},
+        "variants": [{"optimizer": "adam", "lr": 0.001}],
+        "exclude": [],
+        "seeds": [0],
+    }
     grid = write_grid(project, spec)
-    bad = write_grid(project, {**spec, "grid": {"optimizer": ["sgd", "adam", "rmsprop"]},
-                               "variants": [*spec["variants"], {"optimizer": "rmsprop", "memory_limit_mb": 1}]},
-                     "with-failure.yaml")
-    done = subprocess.run(grid_command(bad), cwd=project, env=environment(tracking_server), capture_output=True, text=True)
+    bad = write_grid(
+        project,
+        {
+            **spec,
+            "grid": {"optimizer": ["sgd", "adam", "rmsprop"]},
+            "variants": [*spec["variants"], {"optimizer": "rmsprop", "memory_limit_mb": 1}],
+        },
+        "with-failure.yaml",
+    )
+    done = subprocess.run(
+        grid_command(bad), cwd=project, env=environment(tracking_server), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = point_runs(tracking_server, name)
     parents = [r for r in runs if r.data.tags["hpcsweep.role"] == "launch"]
@@ -139,19 +189,26 @@ def test_local_grid_makes_one_parent_and_a_child_per_point_and_relaunch_skips_fi
     artifacts = {a.path for a in mlflow.MlflowClient(tracking_server).list_artifacts(parents[0].info.run_id, "launch")}
     assert artifacts == {"launch/with-failure.yaml", "launch/points.json", "launch/command.txt"}
 
-    again = subprocess.run(grid_command(bad), cwd=project, env=environment(tracking_server),
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        grid_command(bad), cwd=project, env=environment(tracking_server), capture_output=True, text=True
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 of 3 points to run" in again.stdout  # only the failed point goes again, into a new run
     rmsprop = [r for r in point_runs(tracking_server, name) if r.data.params.get("optimizer") == "rmsprop"]
     assert len(rmsprop) == 2
 
-    done = subprocess.run(grid_command(grid), cwd=project, env=environment(tracking_server),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        grid_command(grid), cwd=project, env=environment(tracking_server), capture_output=True, text=True
+    )
     assert "nothing to do" in done.stdout and len(point_runs(tracking_server, name)) == len(runs) + 2
 
-    status = subprocess.run([sys.executable, "-m", "hpcsweep", "status", name], cwd=project,
-                            env=environment(tracking_server), capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "status", name],
+        cwd=project,
+        env=environment(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[-1] == "3 points: 1 FAILED, 2 FINISHED"
 
@@ -160,13 +217,24 @@ def test_local_grid_makes_one_parent_and_a_child_per_point_and_relaunch_skips_fi
 def test_ctrl_c_kills_the_running_point_and_leaves_the_others_scheduled(prepared, tracking_server):
     project = prepared.parent.parent
     name = f"ctrlc{os.getpid()}"
-    grid = write_grid(project, {"name": name, "base": {**TINY, "max_epochs": 5, "batch_size": 10,
-                                                        "base_batch_size": 10}, "seeds": [0, 1, 2]})
-    process = subprocess.Popen(grid_command(grid), cwd=project, env=environment(tracking_server),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    grid = write_grid(
+        project,
+        {"name": name, "base": {**TINY, "max_epochs": 5, "batch_size": 10, "base_batch_size": 10}, "seeds": [0, 1, 2]},
+    )
+    process = subprocess.Popen(
+        grid_command(grid),
+        cwd=project,
+        env=environment(tracking_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
-    while not any(r.info.status == "RUNNING" and r.data.metrics.get("val/acc") is not None
-                  for r in point_runs(tracking_server, name)):
+    while not any(
+        r.info.status == "RUNNING" and r.data.metrics.get("val/acc") is not None
+        for r in point_runs(tracking_server, name)
+    ):
         assert time.monotonic() < deadline and process.poll() is None, "the first point never ran"
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
@@ -175,33 +243,56 @@ def test_ctrl_c_kills_the_running_point_and_leaves_the_others_scheduled(prepared
     children = [r for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "point"]
     assert sorted(r.info.status for r in children) == ["KILLED", "SCHEDULED", "SCHEDULED"]
 
-    cancel = subprocess.run([sys.executable, "-m", "hpcsweep", "cancel", name], cwd=project,
-                            env=environment(tracking_server), capture_output=True, text=True)
+    cancel = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "cancel", name],
+        cwd=project,
+        env=environment(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
-    assert {r.info.status for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "point"} \
-        == {"KILLED"}
+    assert {r.info.status for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "point"} == {
+        "KILLED"
+    }
 
 
 def test_status_of_an_unknown_grid_is_a_clear_error(project, tracking_server):
-    done = subprocess.run([sys.executable, "-m", "hpcsweep", "status", "no-such-grid"], cwd=project,
-                          env=environment(tracking_server), capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "status", "no-such-grid"],
+        cwd=project,
+        env=environment(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "no grid named 'no-such-grid'" in done.stderr
 
 
 def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking_server):
     project = prepared.parent.parent
     name = f"dry{os.getpid()}"
-    grid = write_grid(project, {"name": name, "base": TINY, "grid": {"optimizer": ["sgd", "adam"],
-                                                                     "devices": [1, 2]}, "variants": [],
-                                "seeds": [0]})
-    done = subprocess.run(grid_command(grid, "--executor", "slurm", "--dry-run", "-s", "strategy=ddp"),
-                          cwd=project, env={**environment(tracking_server), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True)
+    grid = write_grid(
+        project,
+        {
+            "name": name,
+            "base": TINY,
+            "grid": {"optimizer": ["sgd", "adam"], "devices": [1, 2]},
+            "variants": [],
+            "seeds": [0],
+        },
+    )
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm", "--dry-run", "-s", "strategy=ddp"),
+        cwd=project,
+        env={**environment(tracking_server), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     scripts = sorted(project.glob(f"runs/{name}/*/job-*.sbatch"))
     assert len(scripts) == 2  # one array per resource shape: 1 and 2 tasks per node
     assert {"#SBATCH --ntasks-per-node=1", "#SBATCH --ntasks-per-node=2"} <= {
-        line for script in scripts for line in script.read_text().splitlines()}
+        line for script in scripts for line in script.read_text().splitlines()
+    }
     assert len(sorted(project.glob(f"runs/{name}/*/points-*.json"))) == 2
     assert point_runs(tracking_server, name) == []
 

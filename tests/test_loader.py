@@ -131,8 +131,10 @@ def test_train_images_are_flipped_or_plain_windows_of_the_padded_original():
 
 def rank_shards(world_size: int, train: bool) -> list[list[int]]:
     """The samples each rank serves in one epoch (batches of 1: no partial batch is dropped)."""
-    return [served_labels(list(make_loader(batch_size=1, train=train, rank=rank, world_size=world_size)))
-            for rank in range(world_size)]
+    return [
+        served_labels(list(make_loader(batch_size=1, train=train, rank=rank, world_size=world_size)))
+        for rank in range(world_size)
+    ]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -39,9 +39,7 @@ TOY_PROBLEM_LR = {
 }
 
 
-def assert_one_line_user_error_naming(
-    error: pytest.ExceptionInfo[UserError], *parts: str
-) -> None:
+def assert_one_line_user_error_naming(error: pytest.ExceptionInfo[UserError], *parts: str) -> None:
     message = str(error.value)
     assert "\n" not in message
     for part in parts:
@@ -174,9 +172,7 @@ def single_tensor_step(
 
 def test_lars_scales_step_by_trust_ratio() -> None:
     # ||w|| = 5, ||g|| = 2: ratio = 0.001 * 5 / (2 + 0.1 * 5) = 0.002 on g + wd * w = [0.3, 2.4].
-    step = single_tensor_step(
-        Lars, [3.0, 4.0], [0.0, 2.0], lr=1.0, momentum=0.0, weight_decay=0.1
-    )
+    step = single_tensor_step(Lars, [3.0, 4.0], [0.0, 2.0], lr=1.0, momentum=0.0, weight_decay=0.1)
     assert step == pytest.approx(torch.tensor([-0.0006, -0.0048], dtype=torch.float64))
 
 

@@ -38,7 +38,9 @@ def test_cli_imports_prepares_and_reports_user_errors_in_one_line(project, synth
     assert (project / "data/prepared/test.pt").is_file()
     bad = hpcsweep("prepare", "-s", "data.raw_dir=nowhere", cwd=project)
     assert bad.returncode == 1
-    assert bad.stderr == "Error: nowhere/cifar-10-python.tar.gz: not found; run `hpcsweep download` first (or --raw DIR)\n"
+    assert (
+        bad.stderr == "Error: nowhere/cifar-10-python.tar.gz: not found; run `hpcsweep download` first (or --raw DIR)\n"
+    )
     bad = hpcsweep("download", "-s", "optimizr=adam", cwd=project)
     assert bad.returncode == 1 and bad.stderr.startswith("Error: -s: unknown key train.optimizr; valid: model,")
     assert "Traceback" not in bad.stderr
@@ -47,7 +49,9 @@ def test_cli_imports_prepares_and_reports_user_errors_in_one_line(project, synth
 @pytest.mark.slow
 def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # earlier tests' runs
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}"
+    )
     for name in ("MLproject", "conda.yaml", "params.yaml"):
         (project / name).unlink(missing_ok=True)
     for name in ("MLproject", "conda.yaml"):
@@ -56,8 +60,13 @@ def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "src").symlink_to(ROOT / "src")
     for entry, extra in (("download", ["-P", f"archive={synthetic_archive}"]), ("prepare", [])):
-        done = subprocess.run(["mlflow", "run", ".", "-e", entry, "--env-manager", "local", *extra],
-                              cwd=project, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            ["mlflow", "run", ".", "-e", entry, "--env-manager", "local", *extra],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "data/prepared/stats.json").is_file()
 

@@ -25,9 +25,19 @@ def test_the_real_archive_imports_and_prepares_to_the_published_statistics(real_
 def test_a_short_run_on_real_images_learns_well_above_chance(real_project, monkeypatch):
     monkeypatch.chdir(real_project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config("params.yaml", ["limit_train_samples=8192", "max_epochs=2", "warmup_epochs=0.5",
-                                         "batch_size=64", "base_batch_size=64", "lr=0.1", "accelerator=cpu",
-                                         "tracking.experiment=realdata"])
+    config = load_config(
+        "params.yaml",
+        [
+            "limit_train_samples=8192",
+            "max_epochs=2",
+            "warmup_epochs=0.5",
+            "batch_size=64",
+            "base_batch_size=64",
+            "lr=0.1",
+            "accelerator=cpu",
+            "tracking.experiment=realdata",
+        ],
+    )
     result = train(config)
     print(f"resnet20, 8192 real images, 2 epochs: val/acc {result.val_acc:.3f} in {result.total_time_s:.0f} s")
     assert result.status == "FINISHED"

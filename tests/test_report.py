@@ -26,12 +26,24 @@ from test_grid import grid_command, write_grid
 from test_train import environment
 
 TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
-FILES = {"index.html", "table.csv", "table.md", "table.html", "summary.json", "summary.md", "pareto.csv", "curves.csv",
-         "accuracy_vs_time.png", "pareto.png", "train_loss.png"}
+FILES = {
+    "index.html",
+    "table.csv",
+    "table.md",
+    "table.html",
+    "summary.json",
+    "summary.md",
+    "pareto.csv",
+    "curves.csv",
+    "accuracy_vs_time.png",
+    "pareto.png",
+    "train_loss.png",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 # --- a real study, run once for the module ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, synthetic_archive, tracking_server) -> dict:
@@ -48,14 +60,29 @@ def study(tmp_path_factory, synthetic_archive, tracking_server) -> dict:
     import_archive(synthetic_archive, project / "data/raw")
     prepare(project / "data/raw", project / "data/prepared")
     name = f"report{os.getpid()}"
-    grid = write_grid(project, {"name": name, "experiment": f"{name}-exp", "base": TINY,
-                                "grid": {"optimizer": ["sgd", "adam", "rmsprop"]},
-                                "variants": [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1},
-                                             {"optimizer": "adam", "lr": 0.001, "seed": 0},
-                                             {"optimizer": "adam", "lr": 0.001, "seed": 1},
-                                             {"optimizer": "rmsprop", "limit_train_samples": 30}]})
-    done = subprocess.run(grid_command(grid, "--executor", "local"), cwd=project, env=environment(tracking_server),
-                          capture_output=True, text=True)
+    grid = write_grid(
+        project,
+        {
+            "name": name,
+            "experiment": f"{name}-exp",
+            "base": TINY,
+            "grid": {"optimizer": ["sgd", "adam", "rmsprop"]},
+            "variants": [
+                {"optimizer": "sgd", "seed": 0},
+                {"optimizer": "sgd", "seed": 1},
+                {"optimizer": "adam", "lr": 0.001, "seed": 0},
+                {"optimizer": "adam", "lr": 0.001, "seed": 1},
+                {"optimizer": "rmsprop", "limit_train_samples": 30},
+            ],
+        },
+    )
+    done = subprocess.run(
+        grid_command(grid, "--executor", "local"),
+        cwd=project,
+        env=environment(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"uri": tracking_server, "grid": name, "experiment": f"{name}-exp", "project": project}
 
@@ -68,8 +95,10 @@ def built(study, tmp_path_factory) -> Path:
 
 def point_runs_by_optimizer(uri: str, grid: str) -> dict[str, list]:
     client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              f"tags.grid = '{grid}' and tags.`hpcsweep.role` = 'point'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.grid = '{grid}' and tags.`hpcsweep.role` = 'point'",
+    )
     grouped: dict[str, list] = {}
     for run in runs:
         grouped.setdefault(run.data.params["optimizer"], []).append(run)
@@ -131,7 +160,7 @@ def test_the_failed_configuration_is_shown_and_never_averaged_in(study, built):
 def test_every_file_is_written_and_the_page_embeds_the_table_and_loadable_images(built):
     assert {path.name for path in built.iterdir()} == FILES
     page = (built / "index.html").read_text()
-    assert "<table class='sortable'>" in page and "addEventListener(\"click\"" in page
+    assert "<table class='sortable'>" in page and 'addEventListener("click"' in page
     assert all(f"<td data-sort='{word}'>{word}</td>" in page for word in ("sgd", "adam", "rmsprop"))
     images = re.findall(r"<img alt='[^']*' src='data:image/png;base64,([^']+)'>", page)
     assert len(images) == 3 and all(base64.b64decode(image).startswith(PNG) for image in images)
@@ -145,8 +174,9 @@ def test_every_file_is_written_and_the_page_embeds_the_table_and_loadable_images
 @pytest.mark.slow
 def test_the_report_is_uploaded_onto_the_grid_launch_run(study, built):
     client = mlflow.MlflowClient(study["uri"])
-    launch = client.search_runs([client.get_experiment_by_name(study["experiment"]).experiment_id],
-                                "tags.`hpcsweep.role` = 'launch'")[0]
+    launch = client.search_runs(
+        [client.get_experiment_by_name(study["experiment"]).experiment_id], "tags.`hpcsweep.role` = 'launch'"
+    )[0]
     uploaded = {artifact.path for artifact in client.list_artifacts(launch.info.run_id, "report")}
     assert {f"report/{name}" for name in FILES} == uploaded
 
@@ -156,10 +186,12 @@ def test_a_target_given_at_report_time_is_timed_from_the_val_acc_history(study, 
     runs = point_runs_by_optimizer(study["uri"], study["grid"])["sgd"]
     histories = [(history(study["uri"], r, "val/acc"), history(study["uri"], r, "epoch_time_s")) for r in runs]
     target = min(max(accuracy) for accuracy, _ in histories)  # every seed reaches it
-    expected = [sum(seconds[: next(i for i, a in enumerate(accuracy) if a >= target) + 1])
-                for accuracy, seconds in histories]
-    out = report.build_report(mlflow.MlflowClient(study["uri"]), tmp_path / "r", experiment=study["experiment"],
-                              target_accuracy=target)
+    expected = [
+        sum(seconds[: next(i for i, a in enumerate(accuracy) if a >= target) + 1]) for accuracy, seconds in histories
+    ]
+    out = report.build_report(
+        mlflow.MlflowClient(study["uri"]), tmp_path / "r", experiment=study["experiment"], target_accuracy=target
+    )
     row = table_of(out).loc["sgd"]
     assert row["time_to_target_s"] == pytest.approx(statistics.fmean(expected))
     assert row["n_reached_target"] == 2 and row["target_accuracy"] == pytest.approx(target)
@@ -171,10 +203,17 @@ def test_dvc_reads_the_summary_as_metrics_and_the_csv_files_as_plots(built, tmp_
     (tmp_path / "report").mkdir()
     for name in ("summary.json", "pareto.csv", "curves.csv"):
         (tmp_path / "report" / name).write_bytes((built / name).read_bytes())
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({
-        "metrics": ["report/summary.json"],
-        "plots": [{"report/pareto.csv": {"x": "gpu_hours", "y": "val_acc"}},
-                  {"report/curves.csv": {"x": "wall_time_s", "y": "val_acc"}}]}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "metrics": ["report/summary.json"],
+                "plots": [
+                    {"report/pareto.csv": {"x": "gpu_hours", "y": "val_acc"}},
+                    {"report/curves.csv": {"x": "wall_time_s", "y": "val_acc"}},
+                ],
+            }
+        )
+    )
     dvc = str(Path(sys.executable).parent / "dvc")
     for command in (["git", "init", "-q"], [dvc, "init", "-q"]):
         subprocess.run(command, cwd=tmp_path, check=True)
@@ -191,12 +230,14 @@ def test_unknown_experiments_and_grids_and_empty_experiments_are_one_line_errors
     client = mlflow.MlflowClient(tracking_server)
     empty = f"empty{os.getpid()}"
     client.create_experiment(empty)
-    cases = [({"experiment": "no-such-experiment"}, "no experiment named 'no-such-experiment'"),
-             ({"grid": "no-such-grid"}, "no grid named 'no-such-grid'"),
-             ({"experiment": empty}, f"experiment '{empty}'"),
-             ({}, "exactly one of --experiment NAME or --grid NAME"),
-             ({"experiment": empty, "grid": "g"}, "exactly one of"),
-             ({"experiment": empty, "target_accuracy": 1.5}, "--target-accuracy=1.5")]
+    cases = [
+        ({"experiment": "no-such-experiment"}, "no experiment named 'no-such-experiment'"),
+        ({"grid": "no-such-grid"}, "no grid named 'no-such-grid'"),
+        ({"experiment": empty}, f"experiment '{empty}'"),
+        ({}, "exactly one of --experiment NAME or --grid NAME"),
+        ({"experiment": empty, "grid": "g"}, "exactly one of"),
+        ({"experiment": empty, "target_accuracy": 1.5}, "--target-accuracy=1.5"),
+    ]
     for arguments, expected in cases:
         with pytest.raises(UserError) as error:
             report.build_report(client, tmp_path / "out", **arguments)
@@ -210,8 +251,15 @@ def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends
     experiment_id = client.create_experiment(experiment)
     for seed in (0, 1):
         run = client.create_run(experiment_id, tags={"config_hash": f"h{seed}"})
-        for key, value in {"optimizer": "lamb", "batch_size": 8192, "seed": seed, "devices": 1, "num_nodes": 1,
-                           "micro_batch_size": "auto", "target_accuracy": 0.9}.items():
+        for key, value in {
+            "optimizer": "lamb",
+            "batch_size": 8192,
+            "seed": seed,
+            "devices": 1,
+            "num_nodes": 1,
+            "micro_batch_size": "auto",
+            "target_accuracy": 0.9,
+        }.items():
             client.log_param(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "FAILED")
     out = report.build_report(client, tmp_path / "report", experiment=experiment)
@@ -224,31 +272,55 @@ def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends
 
 # --- the pure parts on hand-made runs ---------------------------------------------------------------
 
+
 def test_pareto_front_on_a_hand_checked_table():
-    table = pd.DataFrame({"gpu_hours": [1.0, 2.0, 2.0, 3.0, 0.5, 4.0, 1.0],
-                          "val/acc": [0.80, 0.85, 0.84, 0.85, 0.70, 0.90, 0.80]})
+    table = pd.DataFrame(
+        {"gpu_hours": [1.0, 2.0, 2.0, 3.0, 0.5, 4.0, 1.0], "val/acc": [0.80, 0.85, 0.84, 0.85, 0.70, 0.90, 0.80]}
+    )
     # 2.0/0.84 loses to 2.0/0.85; 3.0/0.85 to 2.0/0.85; the twin 1.0/0.80 points do not beat each other
     assert report.pareto_front(table).tolist() == [True, True, False, False, True, True, True]
     assert report.pareto_front(table.iloc[:0]).tolist() == []
 
 
-def record(run_id: str, status: str = "FINISHED", accuracy=(0.5, 0.6), seconds=(10.0, 10.0), speed=100.0,
-           **params) -> RunRecord:
-    values = {name: "x" for name in IDENTITY} | {"optimizer": "sgd", "batch_size": "128", "devices": "1",
-                                                 "num_nodes": "1", "strategy": "auto", "micro_batch_size": "auto",
-                                                 "target_accuracy": "0.9", "seed": "0"}
+def record(
+    run_id: str, status: str = "FINISHED", accuracy=(0.5, 0.6), seconds=(10.0, 10.0), speed=100.0, **params
+) -> RunRecord:
+    values = {name: "x" for name in IDENTITY} | {
+        "optimizer": "sgd",
+        "batch_size": "128",
+        "devices": "1",
+        "num_nodes": "1",
+        "strategy": "auto",
+        "micro_batch_size": "auto",
+        "target_accuracy": "0.9",
+        "seed": "0",
+    }
     values |= {key: str(value) for key, value in params.items()}
     finished = status == "FINISHED"
-    history = {"val/acc": list(accuracy), "epoch_time_s": list(seconds), "train/loss": [2.0, 1.0][: len(accuracy)],
-               "train/images_per_s": [speed] * len(accuracy)} if finished else {}
-    metrics = {"total_time_s": sum(seconds), "micro_batch_size": 64.0, "accumulate_grad_batches": 2.0} if finished else {}
+    history = (
+        {
+            "val/acc": list(accuracy),
+            "epoch_time_s": list(seconds),
+            "train/loss": [2.0, 1.0][: len(accuracy)],
+            "train/images_per_s": [speed] * len(accuracy),
+        }
+        if finished
+        else {}
+    )
+    metrics = (
+        {"total_time_s": sum(seconds), "micro_batch_size": 64.0, "accumulate_grad_batches": 2.0} if finished else {}
+    )
     return RunRecord(run_id, status, values, metrics, history)
 
 
 def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged():
-    records = [record("a", accuracy=(0.4, 0.6), seed=0), record("b", accuracy=(0.5, 0.8), seed=1),
-               record("c", "FAILED", seed=2), record("d", "RUNNING", seed=3),
-               record("e", accuracy=(0.3, 0.5), optimizer="adam")]
+    records = [
+        record("a", accuracy=(0.4, 0.6), seed=0),
+        record("b", accuracy=(0.5, 0.8), seed=1),
+        record("c", "FAILED", seed=2),
+        record("d", "RUNNING", seed=3),
+        record("e", accuracy=(0.3, 0.5), optimizer="adam"),
+    ]
     found, varying = report.configurations(records)
     table = report.configuration_table(found, target=0.55).set_index("optimizer")
     sgd = table.loc["sgd"]
@@ -260,9 +332,12 @@ def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged(
 
 
 def test_scaling_compares_each_gpu_count_with_the_one_gpu_run_of_the_same_other_params():
-    records = [record("1", speed=100.0), record("2", speed=180.0, devices=2, strategy="ddp"),
-               record("4", speed=200.0, devices=2, num_nodes=2, strategy="ddp"),
-               record("x", speed=999.0, devices=2, strategy="ddp", optimizer="adam")]  # no 1-GPU adam: no baseline
+    records = [
+        record("1", speed=100.0),
+        record("2", speed=180.0, devices=2, strategy="ddp"),
+        record("4", speed=200.0, devices=2, num_nodes=2, strategy="ddp"),
+        record("x", speed=999.0, devices=2, strategy="ddp", optimizer="adam"),
+    ]  # no 1-GPU adam: no baseline
     found, varying = report.configurations(records)
     frame = report.scaling_frame(report.configuration_table(found), varying)
     assert frame["gpus"].tolist() == [1, 2, 4] and set(frame["group"]) == {"optimizer=sgd"}
@@ -271,8 +346,11 @@ def test_scaling_compares_each_gpu_count_with_the_one_gpu_run_of_the_same_other_
 
 
 def test_batch_size_and_scaling_plots_are_drawn_when_their_parameter_varies(tmp_path):
-    records = [record(f"{o}{b}", accuracy=(0.5, 0.5 + b / 10_000), optimizer=o, batch_size=b)
-               for o in ("sgd", "adam") for b in (128, 1024)]
+    records = [
+        record(f"{o}{b}", accuracy=(0.5, 0.5 + b / 10_000), optimizer=o, batch_size=b)
+        for o in ("sgd", "adam")
+        for b in (128, 1024)
+    ]
     records += [record("ddp", devices=4, strategy="ddp", speed=350.0, batch_size=128)]
     analysed = report.analyse(records, "hand-made", "test", None)
     report.write_files(analysed, tmp_path)
@@ -294,8 +372,10 @@ def test_only_the_newest_run_of_each_config_hash_counts():
 def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best():
     hours = {"a": 2.0, "b": 1.0, "c": 0.5}  # one epoch each, so epoch time = total time
     accuracy = {"a": 0.90, "b": 0.895, "c": 0.80}
-    records = [record(name, accuracy=(accuracy[name],), seconds=(hours[name] * 3600,), optimizer=name,
-                      target_accuracy=0.85) for name in hours]
+    records = [
+        record(name, accuracy=(accuracy[name],), seconds=(hours[name] * 3600,), optimizer=name, target_accuracy=0.85)
+        for name in hours
+    ]
     analysed = report.analyse(records, "hand-made", "test", target=0.85)
     most, budget, fastest, advice, recomputed = analysed.sentences
     assert recomputed.startswith("Time to target recomputed for val/acc 0.85")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from conftest import ROOT
 from logging_load import artifact_bytes, metric_value
 from services import HpcsweepServer
@@ -27,10 +28,27 @@ CLIENTS, EPOCHS, METRICS, PARAMS, ARTIFACT_BYTES = 32, 50, 6, 5, 1 << 20
 
 def run_load(uri: str, folder: Path, experiment: str) -> dict:
     out = folder / f"{experiment}.json"
-    command = [sys.executable, str(ROOT / "tests" / "logging_load.py"), uri, "--clients", str(CLIENTS),
-               "--epochs", str(EPOCHS), "--metrics", str(METRICS), "--params", str(PARAMS),
-               "--artifact-bytes", str(ARTIFACT_BYTES), "--experiment", experiment, "--scratch", str(folder),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        str(ROOT / "tests" / "logging_load.py"),
+        uri,
+        "--clients",
+        str(CLIENTS),
+        "--epochs",
+        str(EPOCHS),
+        "--metrics",
+        str(METRICS),
+        "--params",
+        str(PARAMS),
+        "--artifact-bytes",
+        str(ARTIFACT_BYTES),
+        "--experiment",
+        experiment,
+        "--scratch",
+        str(folder),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
@@ -71,9 +89,18 @@ def test_32_clients_log_every_point_and_byte_to_postgres_and_s3(shared_server, t
 
 
 def test_the_same_load_against_a_sqlite_backend_is_recorded(tmp_path, request):
-    server = HpcsweepServer(tmp_path / "server", [
-        "--params", str(ROOT / "params.yaml"), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts")], environment=None)
+    server = HpcsweepServer(
+        tmp_path / "server",
+        [
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        environment=None,
+    )
     server.start()
     try:
         result = run_load(server.uri, tmp_path, "load-sqlite")
@@ -82,9 +109,14 @@ def test_the_same_load_against_a_sqlite_backend_is_recorded(tmp_path, request):
     finally:
         server.stop()
     errors = [error for outcome in result["clients"] for error in outcome["errors"]]
-    record = {"clients": CLIENTS, "wall_s": round(result["wall_s"], 1), "failed_calls": len(errors),
-              "first_errors": errors[:3], "runs_incomplete": sum(1 for found in problems.values() if found),
-              "examples": [found for found in problems.values() if found][:3]}
+    record = {
+        "clients": CLIENTS,
+        "wall_s": round(result["wall_s"], 1),
+        "failed_calls": len(errors),
+        "first_errors": errors[:3],
+        "runs_incomplete": sum(1 for found in problems.values() if found),
+        "examples": [found for found in problems.values() if found][:3],
+    }
     (tmp_path / "sqlite-load.json").write_text(json.dumps(record, indent=2))
     request.node.user_properties.append(("sqlite_load", record))
     print(f"\nSQLite: {json.dumps(record)}")

@@ -31,16 +31,24 @@ def test_seaweedfs_round_trips_an_object_and_refuses_other_keys(tmp_path):
     import botocore.exceptions
 
     with seaweedfs(tmp_path / "s3", "hpcsweep-key", "hpcsweep-secret", "artifacts") as url:
+
         def client(access_key: str, secret_key: str):
-            return boto3.client("s3", endpoint_url=url, aws_access_key_id=access_key,
-                                aws_secret_access_key=secret_key, region_name="us-east-1")
+            return boto3.client(
+                "s3",
+                endpoint_url=url,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                region_name="us-east-1",
+            )
 
         good = client("hpcsweep-key", "hpcsweep-secret")
         body = os.urandom(1 << 20)
         good.put_object(Bucket="artifacts", Key="one/megabyte.bin", Body=body)
         assert good.get_object(Bucket="artifacts", Key="one/megabyte.bin")["Body"].read() == body
-        for key, secret, code in (("hpcsweep-key", "wrong", "SignatureDoesNotMatch"),
-                                  ("wrong-key", "hpcsweep-secret", "InvalidAccessKeyId")):
+        for key, secret, code in (
+            ("hpcsweep-key", "wrong", "SignatureDoesNotMatch"),
+            ("wrong-key", "hpcsweep-secret", "InvalidAccessKeyId"),
+        ):
             with pytest.raises(botocore.exceptions.ClientError) as refused:
                 client(key, secret).get_object(Bucket="artifacts", Key="one/megabyte.bin")
             assert refused.value.response["Error"]["Code"] == code

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from test_grid import TINY, grid_command, point_runs, write_grid
@@ -20,8 +19,13 @@ RESOURCES = {"cpus_per_task": 1, "mem": "1G", "time": "00:20:00", "partition": "
 
 
 def hpcsweep(args: list[str], project: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsweep", *args], cwd=project, env=environment_with_slurm(uri),
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcsweep", *args],
+        cwd=project,
+        env=environment_with_slurm(uri),
+        capture_output=True,
+        text=True,
+    )
 
 
 def environment_with_slurm(uri: str) -> dict[str, str]:
@@ -46,8 +50,13 @@ def settled(uri: str, name: str, count: int) -> bool:
     if len(runs) >= count and all(r.info.status not in ("SCHEDULED", "RUNNING") for r in runs):
         return True
     jobs = sorted({r.data.tags["slurm_job_id"] for r in runs if "slurm_job_id" in r.data.tags})
-    queue = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True,
-                           env=environment_with_slurm(uri)).stdout.strip() if jobs else "pending"
+    queue = (
+        subprocess.run(
+            ["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True, env=environment_with_slurm(uri)
+        ).stdout.strip()
+        if jobs
+        else "pending"
+    )
     return bool(jobs) and not queue and len(runs) >= count
 
 
@@ -58,21 +67,37 @@ def slurm_project(prepared, slurm_cluster):
 
 def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_project, tracking_server):
     name = f"cluster{os.getpid()}"
-    spec = {"name": name, "base": TINY, "slurm": RESOURCES, "grid": {"optimizer": ["sgd", "adam"]},
-            "variants": [{"optimizer": "sgd", "seed": 0}, {"optimizer": "sgd", "seed": 1},
-                         {"optimizer": "adam", "seed": 0}, {"optimizer": "adam", "seed": 1},
-                         {"optimizer": "sgd", "seed": 2, "strategy": "ddp", "devices": 2},
-                         {"optimizer": "sgd", "seed": 3, "strategy": "ddp", "num_nodes": 2},
-                         {"optimizer": "adam", "seed": 2, "memory_limit_mb": 1}]}  # made to fail
+    spec = {
+        "name": name,
+        "base": TINY,
+        "slurm": RESOURCES,
+        "grid": {"optimizer": ["sgd", "adam"]},
+        "variants": [
+            {"optimizer": "sgd", "seed": 0},
+            {"optimizer": "sgd", "seed": 1},
+            {"optimizer": "adam", "seed": 0},
+            {"optimizer": "adam", "seed": 1},
+            {"optimizer": "sgd", "seed": 2, "strategy": "ddp", "devices": 2},
+            {"optimizer": "sgd", "seed": 3, "strategy": "ddp", "num_nodes": 2},
+            {"optimizer": "adam", "seed": 2, "memory_limit_mb": 1},
+        ],
+    }  # made to fail
     grid = write_grid(slurm_project, spec)
-    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
-                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=slurm_project,
+        env=environment_with_slurm(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("submitted job array") == 3  # shapes: 1x1, 1 node x 2 tasks, 2 nodes x 1
     wait_until(lambda: settled(tracking_server, name, 7), 600, "all 7 jobs to end")
     runs = children(tracking_server, name)
-    assert len(runs) == 7 and len([r for r in point_runs(tracking_server, name)
-                                   if r.data.tags["hpcsweep.role"] == "launch"]) == 1
+    assert (
+        len(runs) == 7
+        and len([r for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "launch"]) == 1
+    )
     failing = [r for r in runs if r.data.params["memory_limit_mb"] == "1"]
     assert [r.info.status for r in failing] == ["FAILED"]
     finished = [r for r in runs if r not in failing]
@@ -89,18 +114,35 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     assert sum("COMPLETED" in line for line in lines[1:-1]) == 6
     assert lines[-1] == "7 points: 6 COMPLETED, 1 FAILED"
 
-    again = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
-                           env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    again = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=slurm_project,
+        env=environment_with_slurm(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 of 7 points to run" in again.stdout and again.stdout.count("submitted job array") == 1
 
 
 def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project, tracking_server):
     name = f"requeue{os.getpid()}"
-    grid = write_grid(slurm_project, {"name": name, "slurm": RESOURCES, "seeds": [0],
-                                      "base": {**TINY, "max_epochs": 4, "batch_size": 10, "base_batch_size": 10}})
-    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
-                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    grid = write_grid(
+        slurm_project,
+        {
+            "name": name,
+            "slurm": RESOURCES,
+            "seeds": [0],
+            "base": {**TINY, "max_epochs": 4, "batch_size": 10, "base_batch_size": 10},
+        },
+    )
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=slurm_project,
+        env=environment_with_slurm(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = children(tracking_server, name)
     wait_until(lambda: history(tracking_server, run.info.run_id, "val/acc"), 300, "the first epoch")
@@ -116,18 +158,36 @@ def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project,
 
 def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tracking_server):
     name = f"cancel{os.getpid()}"
-    grid = write_grid(slurm_project, {"name": name, "slurm": RESOURCES, "seeds": [0, 1],
-                                      "base": {**TINY, "max_epochs": 50, "batch_size": 10, "base_batch_size": 10}})
-    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
-                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    grid = write_grid(
+        slurm_project,
+        {
+            "name": name,
+            "slurm": RESOURCES,
+            "seeds": [0, 1],
+            "base": {**TINY, "max_epochs": 50, "batch_size": 10, "base_batch_size": 10},
+        },
+    )
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=slurm_project,
+        env=environment_with_slurm(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     wait_until(lambda: any(r.info.status == "RUNNING" for r in children(tracking_server, name)), 300, "a running job")
     cancel = hpcsweep(["cancel", name], slurm_project, tracking_server)
     assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
     job = children(tracking_server, name)[0].data.tags["slurm_job_id"]
-    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
-                                          env=environment_with_slurm(tracking_server)).stdout.strip(),
-               120, "the array to leave the queue")
+    wait_until(
+        lambda: (
+            not subprocess.run(
+                ["squeue", "-h", "-j", job], capture_output=True, text=True, env=environment_with_slurm(tracking_server)
+            ).stdout.strip()
+        ),
+        120,
+        "the array to leave the queue",
+    )
     time.sleep(3)  # a dying job must not overwrite KILLED
     assert {r.info.status for r in children(tracking_server, name)} == {"KILLED"}
     status = hpcsweep(["status", name], slurm_project, tracking_server)
@@ -136,10 +196,17 @@ def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tr
 
 def test_a_partition_sbatch_rejects_shows_sbatch_message_and_creates_no_run(slurm_project, tracking_server):
     name = f"badpart{os.getpid()}"
-    grid = write_grid(slurm_project, {"name": name, "base": TINY, "seeds": [0],
-                                      "slurm": {**RESOURCES, "partition": "nosuchpartition"}})
-    done = subprocess.run(grid_command(grid, "--executor", "slurm"), cwd=slurm_project,
-                          env=environment_with_slurm(tracking_server), capture_output=True, text=True)
+    grid = write_grid(
+        slurm_project,
+        {"name": name, "base": TINY, "seeds": [0], "slurm": {**RESOURCES, "partition": "nosuchpartition"}},
+    )
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=slurm_project,
+        env=environment_with_slurm(tracking_server),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
     assert point_runs(tracking_server, name) == []

@@ -13,8 +13,12 @@ from hpcsweep.spool_sender import MAX_METRICS, records_in_next_request, send_uns
 
 
 def batch(run_id: str, metrics=(), params=(), tags=()) -> dict:
-    return {"run_id": run_id, "metrics": [list(m) for m in metrics], "params": [list(p) for p in params],
-            "tags": [list(t) for t in tags]}
+    return {
+        "run_id": run_id,
+        "metrics": [list(m) for m in metrics],
+        "params": [list(p) for p in params],
+        "tags": [list(t) for t in tags],
+    }
 
 
 def test_a_new_claim_resumes_after_what_was_sent_and_ignores_a_line_cut_short(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from conftest import ARTIFACT_BUCKET, ROOT, server_environment
 from services import HpcsweepServer, free_port
 from test_train import QUICK, environment, hpcsweep, overrides
@@ -30,12 +31,23 @@ EPOCH_METRICS = ("train/loss", "val/loss", "val/acc", "epoch_time_s")
 
 def start_training(project: Path, uri: str, experiment: str, *assignments: str, **extra_environment: str):
     """`hpcsweep train` in the background, its output in project/train.log."""
-    command = [sys.executable, "-m", "hpcsweep", "train",
-               *overrides(*QUICK, "max_epochs=4", f"tracking.experiment={experiment}",
-                          f"tracking.checkpoint_dir={project / 'checkpoints'}", *assignments)]
+    command = [
+        sys.executable,
+        "-m",
+        "hpcsweep",
+        "train",
+        *overrides(
+            *QUICK,
+            "max_epochs=4",
+            f"tracking.experiment={experiment}",
+            f"tracking.checkpoint_dir={project / 'checkpoints'}",
+            *assignments,
+        ),
+    ]
     log = open(project / "train.log", "w")
-    return subprocess.Popen(command, cwd=project, env=environment(uri, **extra_environment),
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command, cwd=project, env=environment(uri, **extra_environment), stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def the_run(uri: str, experiment: str) -> mlflow.entities.Run | None:
@@ -105,7 +117,9 @@ def test_sync_sends_a_leftover_spool_once_and_a_second_sync_adds_nothing(prepare
     shared_server.stop(crash=True)
     try:
         assert training.wait(timeout=300) == 0, (project / "train.log").read_text()[-3000:]
-        assert f"hpcsweep sync {project / 'checkpoints' / run_id_folder(project)}" in (project / "train.log").read_text()
+        assert (
+            f"hpcsweep sync {project / 'checkpoints' / run_id_folder(project)}" in (project / "train.log").read_text()
+        )
         refused = hpcsweep(["sync", str(project / "checkpoints")], project, shared_server.uri, timeout=300)
         assert refused.returncode == 1 and "still unsent" in refused.stderr
     finally:
@@ -123,14 +137,25 @@ def test_sync_sends_a_leftover_spool_once_and_a_second_sync_adds_nothing(prepare
 
 
 def server_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hpcsweep", "server", "--params", str(ROOT / "params.yaml"), "--host", "127.0.0.1",
-            *args]
+    return [
+        sys.executable,
+        "-m",
+        "hpcsweep",
+        "server",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--host",
+        "127.0.0.1",
+        *args,
+    ]
 
 
-@pytest.mark.parametrize("case", ["database unreachable", "bucket missing", "wrong S3 keys", "port in use",
-                                  "auth without admin password"])
-def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(case, postgres_uri, s3_store, shared_server,
-                                                                    tmp_path):
+@pytest.mark.parametrize(
+    "case", ["database unreachable", "bucket missing", "wrong S3 keys", "port in use", "auth without admin password"]
+)
+def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(
+    case, postgres_uri, s3_store, shared_server, tmp_path
+):
     database, server_env = server_environment(s3_store, postgres_uri)
     destination, port = f"s3://{ARTIFACT_BUCKET}/artifacts", free_port()
     extra, expected = [], ""
@@ -144,9 +169,16 @@ def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(case, postgres
         port, expected = shared_server.port, f"--port {shared_server.port}: cannot listen"
     else:
         extra, expected = ["--auth"], "set MLFLOW_AUTH_ADMIN_PASSWORD"
-    done = subprocess.run(server_command("--port", str(port), "--backend-store-uri", database,
-                                         "--artifacts-destination", destination, *extra),
-                          cwd=tmp_path, env=server_env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        server_command(
+            "--port", str(port), "--backend-store-uri", database, "--artifacts-destination", destination, *extra
+        ),
+        cwd=tmp_path,
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], done.stderr
@@ -155,15 +187,26 @@ def test_a_bad_setting_stops_the_server_at_start_up_with_one_line(case, postgres
 
 
 def test_auth_refuses_anonymous_and_read_only_writes_and_keeps_the_password_out_of_the_run(
-        prepared, tmp_path, monkeypatch):
+    prepared, tmp_path, monkeypatch
+):
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
     admin_password, writer_password = "admin-" + uuid.uuid4().hex, "writer-" + uuid.uuid4().hex
     auth_environment = environment("unused", MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
-    server = HpcsweepServer(tmp_path / "auth-server", [
-        "--params", str(ROOT / "params.yaml"), "--auth", "--backend-store-uri", f"sqlite:///{tmp_path / 'auth.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts")], auth_environment)
+    server = HpcsweepServer(
+        tmp_path / "auth-server",
+        [
+            "--params",
+            str(ROOT / "params.yaml"),
+            "--auth",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'auth.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        auth_environment,
+    )
     server.start()
     try:
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
@@ -204,8 +247,12 @@ def test_auth_refuses_anonymous_and_read_only_writes_and_keeps_the_password_out_
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
         (run,) = mlflow.MlflowClient(server.uri).search_runs([experiment_id])
         assert run.info.status == "FINISHED" and run.data.params["max_epochs"] == "4"
-        written = [*run.data.params.values(), *run.data.tags.values(), (project / "train.log").read_text(),
-                   *(path.read_text() for path in (project / "checkpoints").rglob("mlflow-spool.*"))]
+        written = [
+            *run.data.params.values(),
+            *run.data.tags.values(),
+            (project / "train.log").read_text(),
+            *(path.read_text() for path in (project / "checkpoints").rglob("mlflow-spool.*")),
+        ]
         assert not any(writer_password in text for text in written)
     finally:
         server.stop()
@@ -235,17 +282,31 @@ def test_dvc_push_and_pull_round_trip_the_prepared_data_through_s3(prepared, s3_
 
 
 @pytest.mark.slurm
-def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(slurm_cluster, postgres_uri, s3_store,
-                                                                         tmp_path):
+def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(
+    slurm_cluster, postgres_uri, s3_store, tmp_path
+):
     database, server_env = server_environment(s3_store, postgres_uri)
     server_env |= {key: os.environ[key] for key in slurm_cluster} | {"HPCSWEEP_SERVER_PORT": str(free_port())}
     server_env["PATH"] = f"{Path(sys.executable).parent}:{server_env['PATH']}"
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=1G", "--time=00:10:00",
-         str(ROOT / "slurm" / "tracking-server.sbatch"), "--backend-store-uri", database,
-         "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"],
-        cwd=tmp_path, env=server_env, capture_output=True, text=True)
+        [
+            "sbatch",
+            "--parsable",
+            "--cpus-per-task=1",
+            "--mem=1G",
+            "--time=00:10:00",
+            str(ROOT / "slurm" / "tracking-server.sbatch"),
+            "--backend-store-uri",
+            database,
+            "--artifacts-destination",
+            f"s3://{ARTIFACT_BUCKET}/artifacts",
+        ],
+        cwd=tmp_path,
+        env=server_env,
+        capture_output=True,
+        text=True,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
     try:

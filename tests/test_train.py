@@ -30,8 +30,14 @@ def environment(uri: str, **extra: str) -> dict[str, str]:
 
 
 def hpcsweep(args: list[str], cwd: Path, uri: str, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsweep", *args], cwd=cwd, env=environment(uri),
-                          capture_output=True, text=True, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcsweep", *args],
+        cwd=cwd,
+        env=environment(uri),
+        capture_output=True,
+        text=True,
+        **popen,
+    )
 
 
 def runs_of(uri: str, experiment: str) -> list[mlflow.entities.Run]:
@@ -54,9 +60,31 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
     for name in ("MLproject", "conda.yaml"):
         (project / name).write_text((ROOT / name).read_text())
     (project / "src").symlink_to(ROOT / "src")
-    command = ["mlflow", "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name", experiment,
-               "-P", "max_epochs=2", "-P", "warmup_epochs=0", "-P", "batch_size=60", "-P", "base_batch_size=60",
-               "-P", "optimizer=adam", "-P", "lr=1e-3", "-P", "accelerator=cpu"]
+    command = [
+        "mlflow",
+        "run",
+        ".",
+        "-e",
+        "train",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+        "-P",
+        "max_epochs=2",
+        "-P",
+        "warmup_epochs=0",
+        "-P",
+        "batch_size=60",
+        "-P",
+        "base_batch_size=60",
+        "-P",
+        "optimizer=adam",
+        "-P",
+        "lr=1e-3",
+        "-P",
+        "accelerator=cpu",
+    ]
     done = subprocess.run(command, cwd=project, env=environment(tracking_server), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, experiment)
@@ -73,8 +101,10 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
 
 def test_ddp_on_two_cpu_processes_is_one_run_over_disjoint_shards(prepared, tracking_server, experiment):
     project = prepared.parent.parent
-    args = ["train", *overrides(*QUICK, "max_epochs=2", "strategy=ddp", "devices=2",
-                                f"tracking.experiment={experiment}")]
+    args = [
+        "train",
+        *overrides(*QUICK, "max_epochs=2", "strategy=ddp", "devices=2", f"tracking.experiment={experiment}"),
+    ]
     done = hpcsweep(args, project, tracking_server)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, experiment)
@@ -86,16 +116,25 @@ def test_ddp_on_two_cpu_processes_is_one_run_over_disjoint_shards(prepared, trac
 
 def test_a_killed_training_resumes_from_its_checkpoint_into_the_same_run(prepared, tracking_server, experiment):
     project = prepared.parent.parent
-    args = [sys.executable, "-m", "hpcsweep", "train",
-            *overrides(*QUICK, "max_epochs=3", "batch_size=10", "base_batch_size=10", f"tracking.experiment={experiment}")]
-    first = subprocess.Popen(args, cwd=project, env=environment(tracking_server),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "hpcsweep",
+        "train",
+        *overrides(*QUICK, "max_epochs=3", "batch_size=10", "base_batch_size=10", f"tracking.experiment={experiment}"),
+    ]
+    first = subprocess.Popen(
+        args, cwd=project, env=environment(tracking_server), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 300
         # Lightning runs ModelCheckpoint after the other callbacks: epoch 0's metrics can be in
         # MLflow before its last.ckpt is on disk, so wait for both
-        while not (list(project.glob("checkpoints/*/last.ckpt")) and runs_of(tracking_server, experiment) and history(
-                tracking_server, runs_of(tracking_server, experiment)[0].info.run_id, "val/acc")):
+        while not (
+            list(project.glob("checkpoints/*/last.ckpt"))
+            and runs_of(tracking_server, experiment)
+            and history(tracking_server, runs_of(tracking_server, experiment)[0].info.run_id, "val/acc")
+        ):
             assert time.monotonic() < deadline and first.poll() is None, "first epoch never finished"
             time.sleep(0.2)
     finally:
@@ -127,9 +166,20 @@ def test_training_before_prepare_says_what_to_run(project, tracking_server, expe
 
 def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, tracking_server, experiment):
     project = prepared.parent.parent
-    args = [sys.executable, "-m", "hpcsweep", "train",
-            *overrides(*QUICK, "max_epochs=2", "batch_size=10", "base_batch_size=10",
-                       "tracking.system_metrics=true", f"tracking.experiment={experiment}")]
+    args = [
+        sys.executable,
+        "-m",
+        "hpcsweep",
+        "train",
+        *overrides(
+            *QUICK,
+            "max_epochs=2",
+            "batch_size=10",
+            "base_batch_size=10",
+            "tracking.system_metrics=true",
+            f"tracking.experiment={experiment}",
+        ),
+    ]
     env = environment(tracking_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -69,7 +69,8 @@ def plan_batches(batch_size: int, world_size: int, micro_batch_size: int) -> Bat
     if micro_batch_size > per_rank or per_rank % micro_batch_size:
         raise UserError(
             f"micro_batch_size={micro_batch_size} must divide the per-rank batch {per_rank} "
-            f"(batch_size {batch_size} / {world_size} ranks); valid nearby: {nearby(divisors(per_rank), micro_batch_size)}"
+            f"(batch_size {batch_size} / {world_size} ranks); "
+            f"valid nearby: {nearby(divisors(per_rank), micro_batch_size)}"
         )
     return BatchPlan(batch_size, world_size, micro_batch_size, per_rank // micro_batch_size)
 
@@ -123,8 +124,9 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
 
-def cpu_step_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                   precision: str) -> int:
+def cpu_step_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, precision: str
+) -> int:
     """The real footprint of one training step on the CPU, counted rather than sampled."""
     meter = SavedTensorMeter()
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda tensor: tensor):
@@ -134,12 +136,18 @@ def cpu_step_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, images: t
     optimizer.step()
     parameters = list(model.parameters())
     state = [value for per_parameter in optimizer.state.values() for value in per_parameter.values()]
-    return (tensor_bytes(parameters) + tensor_bytes(p.grad for p in parameters) + tensor_bytes(state)
-            + meter.total_bytes + tensor_bytes([images]))
+    return (
+        tensor_bytes(parameters)
+        + tensor_bytes(p.grad for p in parameters)
+        + tensor_bytes(state)
+        + meter.total_bytes
+        + tensor_bytes([images])
+    )
 
 
-def cuda_step_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                    precision: str) -> int:
+def cuda_step_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, precision: str
+) -> int:
     """The peak allocation of one real training step on CUDA (raises OutOfMemoryError if it does not fit)."""
     torch.cuda.synchronize(images.device)
     torch.cuda.reset_peak_memory_stats(images.device)
@@ -151,8 +159,14 @@ def cuda_step_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, images: 
     return torch.cuda.max_memory_allocated(images.device)
 
 
-def probe_micro_batch(build: Callable[[], tuple[nn.Module, torch.optim.Optimizer]], device: torch.device,
-                      per_rank: int, precision: str, memory_limit_mb: int | None, margin: float) -> Probe:
+def probe_micro_batch(
+    build: Callable[[], tuple[nn.Module, torch.optim.Optimizer]],
+    device: torch.device,
+    per_rank: int,
+    precision: str,
+    memory_limit_mb: int | None,
+    margin: float,
+) -> Probe:
     """The largest micro-batch whose real training step fits the budget, trying the largest first.
 
     `build` makes a fresh model and optimizer each time, so the probe never touches the weights

@@ -28,10 +28,22 @@ class Group(click.Group):
 def config_options(command):
     """Add --params and -s/--set to a command and hand it the loaded `Config` as `config`."""
 
-    @click.option("--params", "params", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-                  help="Params file to read instead of ./params.yaml.")
-    @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override a key: bare keys are train keys (-s optimizer=adam), dotted keys any section.")
+    @click.option(
+        "--params",
+        "params",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="Params file to read instead of ./params.yaml.",
+    )
+    @click.option(
+        "-s",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a key: bare keys are train keys (-s optimizer=adam), dotted keys any section.",
+    )
     @functools.wraps(command)
     def wrapper(params: str, overrides: tuple[str, ...], **kwargs):
         from hpcsweep.config import load_config
@@ -52,8 +64,11 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the archive [data.raw_dir].")
-@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
-              help="Import this local cifar-10-python.tar.gz instead of downloading [data.archive].")
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Import this local cifar-10-python.tar.gz instead of downloading [data.archive].",
+)
 @config_options
 def download(config, out: Path | None, archive: Path | None) -> None:
     """Download CIFAR-10 (md5-checked, resumable) or import a local archive (structure-checked)."""
@@ -68,7 +83,9 @@ def download(config, out: Path | None, archive: Path | None) -> None:
 
 
 @main.command()
-@click.option("--raw", type=click.Path(file_okay=False, path_type=Path), help="Folder holding the archive [data.raw_dir].")
+@click.option(
+    "--raw", type=click.Path(file_okay=False, path_type=Path), help="Folder holding the archive [data.raw_dir]."
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [data.prepared_dir].")
 @config_options
 def prepare(config, raw: Path | None, out: Path | None) -> None:
@@ -79,8 +96,11 @@ def prepare(config, raw: Path | None, out: Path | None) -> None:
 
 
 @main.command()
-@click.option("--metrics-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the final figures as JSON here (the DVC train stage's metrics file).")
+@click.option(
+    "--metrics-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the final figures as JSON here (the DVC train stage's metrics file).",
+)
 @config_options
 def train(config, metrics_out: Path | None) -> None:
     """Train a ResNet on the prepared CIFAR-10 into one MLflow run (resumes an interrupted one)."""
@@ -91,24 +111,43 @@ def train(config, metrics_out: Path | None) -> None:
     if global_rank() == 0:
         if metrics_out:
             result.write_json(metrics_out)
-        click.echo(f"run {result.run_id} {result.status}: val/acc {result.val_acc:.4f} after {result.epochs} epochs, "
-                   f"{result.total_time_s:.1f} s")
+        click.echo(
+            f"run {result.run_id} {result.status}: val/acc {result.val_acc:.4f} after {result.epochs} epochs, "
+            f"{result.total_time_s:.1f} s"
+        )
 
 
 @main.command()
 @click.argument("gridfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
-@click.option("--dry-run", is_flag=True, help="Write job scripts and point files, print where; submit and create nothing.")
-@click.option("--max-parallel", type=click.IntRange(min=1), help="At most N tasks of an array at once [slurm.max_parallel].")
+@click.option(
+    "--dry-run", is_flag=True, help="Write job scripts and point files, print where; submit and create nothing."
+)
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), help="At most N tasks of an array at once [slurm.max_parallel]."
+)
 @click.option("--experiment", help="MLflow experiment [the grid file's experiment].")
-@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A site's job-script template with ${directives}, ${setup}, ${command}.")
+@click.option(
+    "--template",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A site's job-script template with ${directives}, ${setup}, ${command}.",
+)
 @click.option("--rerun", is_flag=True, help="Run every point again, even those with a finished run.")
 @click.option("--yes", is_flag=True, help="Allow grids over 1000 points.")
 @click.option("--params", default="params.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every point.")
-def grid(gridfile: Path, executor: str, dry_run: bool, max_parallel: int | None, experiment: str | None,
-         template: Path | None, rerun: bool, yes: bool, params: Path, overrides: tuple[str, ...]) -> None:
+def grid(
+    gridfile: Path,
+    executor: str,
+    dry_run: bool,
+    max_parallel: int | None,
+    experiment: str | None,
+    template: Path | None,
+    rerun: bool,
+    yes: bool,
+    params: Path,
+    overrides: tuple[str, ...],
+) -> None:
     """Run every point of GRIDFILE here (local) or as SLURM job arrays, into one MLflow experiment."""
     import shlex
     import sys
@@ -121,9 +160,15 @@ def grid(gridfile: Path, executor: str, dry_run: bool, max_parallel: int | None,
 
     loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
     load_secrets(loaded.points[0].config.tracking.secrets_file)
-    options = LaunchOptions(executor=executor, dry_run=dry_run, max_parallel=max_parallel,
-                            template=template.read_text() if template else DEFAULT_TEMPLATE, rerun=rerun, yes=yes,
-                            command=shlex.join(["hpcsweep", *sys.argv[1:]]))
+    options = LaunchOptions(
+        executor=executor,
+        dry_run=dry_run,
+        max_parallel=max_parallel,
+        template=template.read_text() if template else DEFAULT_TEMPLATE,
+        rerun=rerun,
+        yes=yes,
+        command=shlex.join(["hpcsweep", *sys.argv[1:]]),
+    )
     launch(loaded, options)
 
 
@@ -203,10 +248,18 @@ def mark_failed_if_unfinished(config, run_id: str | None) -> None:
 @main.command()
 @click.option("--experiment", help="Report on every run of this MLflow experiment [tracking.experiment].")
 @click.option("--grid", "grid_name", help="Report on the runs of grid NAME (tag grid=NAME), in any experiment.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True,
-              help="Folder to write; replaced whole, never left half-written.")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
-              help="Time each run to this val/acc from its history instead of its own target_accuracy.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder to write; replaced whole, never left half-written.",
+)
+@click.option(
+    "--target-accuracy",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Time each run to this val/acc from its history instead of its own target_accuracy.",
+)
 @config_options
 def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
     """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
@@ -214,21 +267,29 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
 
     if not experiment and not grid_name:
         experiment = config.tracking.experiment
-    folder = build_report(tracking_client(config), out, experiment=experiment, grid=grid_name,
-                          target_accuracy=target_accuracy)
+    folder = build_report(
+        tracking_client(config), out, experiment=experiment, grid=grid_name, target_accuracy=target_accuracy
+    )
     click.echo((folder / "summary.md").read_text().rstrip())
     click.echo(f"written: {folder}/index.html (and table.csv, summary.json, ...)")
 
 
 @main.command()
-@click.option("--backend-store-uri", help="Database for runs and metrics [tracking.backend_store_uri]; "
-              "its password from PGPASSWORD.")
-@click.option("--artifacts-destination", help="Where artifacts go, e.g. s3://BUCKET/PREFIX "
-              "[tracking.artifacts_destination]; S3 keys from AWS_*, endpoint from MLFLOW_S3_ENDPOINT_URL.")
+@click.option(
+    "--backend-store-uri",
+    help="Database for runs and metrics [tracking.backend_store_uri]; its password from PGPASSWORD.",
+)
+@click.option(
+    "--artifacts-destination",
+    help="Where artifacts go, e.g. s3://BUCKET/PREFIX "
+    "[tracking.artifacts_destination]; S3 keys from AWS_*, endpoint from MLFLOW_S3_ENDPOINT_URL.",
+)
 @click.option("--host", help="Address to listen on [tracking.host].")
 @click.option("--port", type=click.IntRange(1, 65535), help="[tracking.port]")
 @click.option("--workers", type=click.IntRange(min=1), help="Server worker processes [tracking.workers].")
-@click.option("--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs).")
+@click.option(
+    "--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs)."
+)
 @click.option("--auth", is_flag=True, help="MLflow basic auth: the admin password from MLFLOW_AUTH_ADMIN_PASSWORD.")
 @config_options
 def server(config, backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts, auth) -> None:
@@ -236,10 +297,18 @@ def server(config, backend_store_uri, artifacts_destination, host, port, workers
     from hpcsweep.server import ServerOptions, serve
 
     tracking = config.tracking
-    serve(ServerOptions(backend_store_uri=backend_store_uri or tracking.backend_store_uri,
-                        artifacts_destination=artifacts_destination or tracking.artifacts_destination,
-                        host=host or tracking.host, port=port or tracking.port, workers=workers or tracking.workers,
-                        auth=auth, db_connections=tracking.db_connections, allowed_hosts=allowed_hosts))
+    serve(
+        ServerOptions(
+            backend_store_uri=backend_store_uri or tracking.backend_store_uri,
+            artifacts_destination=artifacts_destination or tracking.artifacts_destination,
+            host=host or tracking.host,
+            port=port or tracking.port,
+            workers=workers or tracking.workers,
+            auth=auth,
+            db_connections=tracking.db_connections,
+            allowed_hosts=allowed_hosts,
+        )
+    )
 
 
 @main.command()

@@ -96,7 +96,9 @@ class TrackingConfig:
     checkpoint_dir: str = rule(pattern=r"\S.*", hint="a folder")
     flush_timeout_s: float = rule(ge=0)
     secrets_file: str | None
-    backend_store_uri: str = rule(pattern=r"\w[\w+]*://\S*", hint="a SQLAlchemy URI such as postgresql://mlflow@db:5432/mlflow")
+    backend_store_uri: str = rule(
+        pattern=r"\w[\w+]*://\S*", hint="a SQLAlchemy URI such as postgresql://mlflow@db:5432/mlflow"
+    )
     artifacts_destination: str = rule(pattern=r"\S+", hint="s3://BUCKET[/PREFIX] or a folder")
     host: str = rule(pattern=r"\S+", hint="an address to listen on, such as 0.0.0.0")
     port: int = rule(ge=1, le=65535)
@@ -209,8 +211,9 @@ def config_with(raw: dict[str, Any], assignments: dict[str, Any], source: str, o
     return config_from_dict(merged, source=source, overridden=overridden, overrides_label=overrides_label)
 
 
-def config_from_dict(raw: dict[str, Any], source: str, overridden: set[str] = frozenset(),
-                     overrides_label: str = "-s") -> Config:
+def config_from_dict(
+    raw: dict[str, Any], source: str, overridden: set[str] = frozenset(), overrides_label: str = "-s"
+) -> Config:
     """Validate a nested mapping (a params file, a grid point, a job's JSON) into a `Config`."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
@@ -230,12 +233,16 @@ def check_train_consistency(train: TrainConfig, source: str) -> None:
     if train.warmup_epochs and train.warmup_epochs >= train.max_epochs:
         raise UserError(f"{source}: train.warmup_epochs={train.warmup_epochs} must be < max_epochs={train.max_epochs}")
     if train.nesterov and (train.optimizer != "sgd" or train.momentum == 0):
-        raise UserError(f"{source}: train.nesterov=true needs optimizer=sgd and momentum > 0 "
-                        f"(got optimizer={train.optimizer}, momentum={train.momentum})")
+        raise UserError(
+            f"{source}: train.nesterov=true needs optimizer=sgd and momentum > 0 "
+            f"(got optimizer={train.optimizer}, momentum={train.momentum})"
+        )
     world_size = train.devices * train.num_nodes
     if world_size > 1 and train.strategy != "ddp":
-        raise UserError(f"{source}: devices={train.devices} x num_nodes={train.num_nodes} needs strategy=ddp "
-                        f"(got strategy={train.strategy})")
+        raise UserError(
+            f"{source}: devices={train.devices} x num_nodes={train.num_nodes} needs strategy=ddp "
+            f"(got strategy={train.strategy})"
+        )
     try:
         if train.micro_batch_size == "auto":
             per_rank_batch_size(train.batch_size, world_size)
@@ -245,8 +252,9 @@ def check_train_consistency(train: TrainConfig, source: str) -> None:
         raise UserError(f"{source}: {error}") from None
 
 
-def section_from_dict(section_type: type, section: str, values: dict, source: str, overridden: set[str],
-                      overrides_label: str) -> Any:
+def section_from_dict(
+    section_type: type, section: str, values: dict, source: str, overridden: set[str], overrides_label: str
+) -> Any:
     hints = typing.get_type_hints(section_type, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(section_type)}
     unknown = sorted(set(values) - set(fields))

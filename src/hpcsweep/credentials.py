@@ -17,10 +17,17 @@ from hpcsweep.errors import UserError
 
 # what the file may set: the names MLflow, boto3 (S3) and libpq (PostgreSQL) read themselves
 KNOWN = (
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "MLFLOW_S3_ENDPOINT_URL", "PGPASSWORD",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "PGPASSWORD",
 )
 
 
@@ -31,8 +38,9 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     except OSError as error:
         raise UserError(f"tracking.secrets_file {path}: cannot read ({error.strerror})") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(f"tracking.secrets_file {path}: mode {stat.S_IMODE(mode):04o} lets others read it; "
-                        f"run: chmod 600 {path}")
+        raise UserError(
+            f"tracking.secrets_file {path}: mode {stat.S_IMODE(mode):04o} lets others read it; run: chmod 600 {path}"
+        )
     values = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()

@@ -89,8 +89,15 @@ def check_shape(path: Path, spec: dict[str, Any]) -> None:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(GRID_KEYS)}")
     if not isinstance(spec.get("name"), str) or not spec["name"].replace("-", "").replace("_", "").isalnum():
         raise UserError(f"{path}: name must be a word of letters, digits, - and _ (got {spec.get('name')!r})")
-    kinds = {"experiment": str, "base": dict, "grid": dict, "variants": list, "exclude": list, "seeds": list,
-             "slurm": dict}
+    kinds = {
+        "experiment": str,
+        "base": dict,
+        "grid": dict,
+        "variants": list,
+        "exclude": list,
+        "seeds": list,
+        "slurm": dict,
+    }
     for key, kind in kinds.items():
         if key in spec and not isinstance(spec[key], kind):
             raise UserError(f"{path}: {key} must be a {kind.__name__}, got {type(spec[key]).__name__}")
@@ -115,8 +122,12 @@ def load_grid(path: Path, params: Path, overrides: dict[str, Any], experiment: s
     points, seen = [], {}
     for index, assignments in enumerate(expand(spec)):
         label = f"{path}: point {index} ({', '.join(f'{k}={v}' for k, v in assignments.items()) or 'base'})"
-        config = config_with(raw, {**base, **assignments, **overrides, "tracking.experiment": experiment},
-                             source=label, overrides_label=label)
+        config = config_with(
+            raw,
+            {**base, **assignments, **overrides, "tracking.experiment": experiment},
+            source=label,
+            overrides_label=label,
+        )
         if config.hash in seen:
             continue  # e.g. -s max_epochs=1 over an axis of epochs: one run is enough
         seen[config.hash] = index

@@ -28,8 +28,9 @@ def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
 
 
 def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str, points_json: str) -> str:
-    run = client.create_run(experiment, tags={"grid": grid.name, ROLE: "launch",
-                                              MLFLOW_RUN_NAME: f"{grid.name} launch"})
+    run = client.create_run(
+        experiment, tags={"grid": grid.name, ROLE: "launch", MLFLOW_RUN_NAME: f"{grid.name} launch"}
+    )
     files = {grid.path.name: grid.path.read_text(), "points.json": points_json, "command.txt": command + "\n"}
     for name, text in files.items():
         client.log_text(run.info.run_id, text, f"launch/{name}")
@@ -38,11 +39,18 @@ def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, comm
 
 def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid: Grid, point: Point) -> str:
     config = point.config
-    tags = {"grid": grid.name, ROLE: "point", "config_hash": config.hash, MLFLOW_PARENT_RUN_ID: parent,
-            MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250], "point": point.label}
+    tags = {
+        "grid": grid.name,
+        ROLE: "point",
+        "config_hash": config.hash,
+        MLFLOW_PARENT_RUN_ID: parent,
+        MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250],
+        "point": point.label,
+    }
     run = client.create_run(experiment, tags=tags)
-    client.log_batch(run.info.run_id, params=[
-        mlflow.entities.Param(key, str(value)) for key, value in logged_params(config).items()])
+    client.log_batch(
+        run.info.run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in logged_params(config).items()]
+    )
     client.update_run(run.info.run_id, status="SCHEDULED")
     return run.info.run_id
 
@@ -87,6 +95,13 @@ def status_name(run: Run) -> str:
 
 def points_document(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> str:
     """The JSON task i of a job array reads its point from (entry i): full config, run to train into."""
-    return json.dumps({"grid": grid_name, "points": [
-        {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
-        for p in points]}, indent=1)
+    return json.dumps(
+        {
+            "grid": grid_name,
+            "points": [
+                {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
+                for p in points
+            ],
+        },
+        indent=1,
+    )

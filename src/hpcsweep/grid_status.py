@@ -41,9 +41,16 @@ def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
     runs = point_runs(client, grid_name)
     keys = [key for key in map(grid_runs.job_key, runs) if key]
     states = slurm.job_states(keys) if keys else {}
-    rows = [Row(run.data.tags.get("point", "?"), grid_runs.status_name(run),
-                states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-",
-                run.data.metrics.get("val/acc"), run.info.run_id) for run in runs]
+    rows = [
+        Row(
+            run.data.tags.get("point", "?"),
+            grid_runs.status_name(run),
+            states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-",
+            run.data.metrics.get("val/acc"),
+            run.info.run_id,
+        )
+        for run in runs
+    ]
     return sorted(rows, key=lambda row: row.point)
 
 

@@ -49,15 +49,16 @@ def absolute_uri(uri: str) -> str:
     """A relative SQLite path would mean a different file in every job's working directory."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
 def for_jobs(config: Config, uri: str) -> Config:
     """The config as jobs must see it: absolute paths and the one tracking URI of the launch."""
     data = dataclasses.replace(config.data, prepared_dir=str(Path(config.data.prepared_dir).resolve()))
-    tracking = dataclasses.replace(config.tracking, uri=uri,
-                                   checkpoint_dir=str(Path(config.tracking.checkpoint_dir).resolve()))
+    tracking = dataclasses.replace(
+        config.tracking, uri=uri, checkpoint_dir=str(Path(config.tracking.checkpoint_dir).resolve())
+    )
     return dataclasses.replace(config, data=data, tracking=tracking)
 
 
@@ -81,8 +82,10 @@ def preflight(grid: Grid, options: LaunchOptions) -> None:
         slurm.require_sbatch()
     for prepared in sorted({Path(p.config.data.prepared_dir) for p in grid.points}):
         if not (prepared / "stats.json").is_file():
-            raise UserError(f"{prepared}: no prepared data where jobs will read it; run `hpcsweep prepare` "
-                            f"(or `dvc pull prepare`) first")
+            raise UserError(
+                f"{prepared}: no prepared data where jobs will read it; run `hpcsweep prepare` "
+                f"(or `dvc pull prepare`) first"
+            )
     if not options.dry_run:
         check_tracking_server(grid.points[0].config.tracking.uri)
 
@@ -97,14 +100,23 @@ def job_spec(grid: Grid, points: list[Point], folder: Path, points_file: Path, o
     config = points[0].config
     resources = config.slurm
     return slurm.JobSpec(
-        name=f"hpcsweep-{grid.name}", array_size=len(points),
-        max_parallel=options.max_parallel or resources.max_parallel, nodes=config.train.num_nodes,
-        tasks_per_node=config.train.devices, cpus_per_task=resources.cpus_per_task, mem=resources.mem,
-        time=resources.time, workdir=Path.cwd(), log_dir=folder / "logs",
+        name=f"hpcsweep-{grid.name}",
+        array_size=len(points),
+        max_parallel=options.max_parallel or resources.max_parallel,
+        nodes=config.train.num_nodes,
+        tasks_per_node=config.train.devices,
+        cpus_per_task=resources.cpus_per_task,
+        mem=resources.mem,
+        time=resources.time,
+        workdir=Path.cwd(),
+        log_dir=folder / "logs",
         command=[sys.executable, "-m", "hpcsweep", "run-point", str(points_file)],
         gpus_per_node=config.train.devices if config.train.accelerator == "gpu" else None,
-        partition=resources.partition, account=resources.account, qos=resources.qos,
-        setup=resources.setup, extra=resources.extra,
+        partition=resources.partition,
+        account=resources.account,
+        qos=resources.qos,
+        setup=resources.setup,
+        extra=resources.extra,
     )
 
 
@@ -124,8 +136,9 @@ class Batch:
     job_id: str | None = None
 
 
-def prepare_batches(grid: Grid, points: list[Point], folder: Path, options: LaunchOptions,
-                    run_ids: dict[int, str]) -> list[Batch]:
+def prepare_batches(
+    grid: Grid, points: list[Point], folder: Path, options: LaunchOptions, run_ids: dict[int, str]
+) -> list[Batch]:
     batches = []
     (folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
     ordered = sorted(points, key=shape_of)
@@ -157,8 +170,9 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
 def launch(grid: Grid, options: LaunchOptions) -> Path:
     """Validate, create the runs, submit or run; returns the launch folder."""
     uri = absolute_uri(tracking_uri(grid.points[0].config) if grid.points else DEFAULT_URI)
-    grid = dataclasses.replace(grid, points=[dataclasses.replace(p, config=for_jobs(p.config, uri))
-                                             for p in grid.points])
+    grid = dataclasses.replace(
+        grid, points=[dataclasses.replace(p, config=for_jobs(p.config, uri)) for p in grid.points]
+    )
     preflight(grid, options)
     folder = (LAUNCH_ROOT / grid.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if options.dry_run:
@@ -180,8 +194,10 @@ def launch(grid: Grid, options: LaunchOptions) -> Path:
         created = pool.map(lambda p: grid_runs.create_child(client, experiment, parent, grid, p), todo)
         run_ids = dict(zip((p.index for p in todo), created))
     batches = prepare_batches(grid, todo, folder, options, run_ids)
-    print(f"{grid.name}: {len(todo)} of {len(grid.points)} points to run, experiment {grid.experiment!r}, "
-          f"parent run {parent}")
+    print(
+        f"{grid.name}: {len(todo)} of {len(grid.points)} points to run, experiment {grid.experiment!r}, "
+        f"parent run {parent}"
+    )
     try:
         run_batches(client, batches, run_ids, options)
     finally:
@@ -189,14 +205,17 @@ def launch(grid: Grid, options: LaunchOptions) -> Path:
     return folder
 
 
-def run_batches(client: mlflow.MlflowClient, batches: list[Batch], run_ids: dict[int, str],
-                options: LaunchOptions) -> None:
+def run_batches(
+    client: mlflow.MlflowClient, batches: list[Batch], run_ids: dict[int, str], options: LaunchOptions
+) -> None:
     for batch in batches:
         if options.executor == "local":
+
             def mark_killed(index: int, batch=batch) -> None:
                 run_id = run_ids[batch.points[index].index]
                 if grid_runs.is_active(client.get_run(run_id)):
                     grid_runs.finish(client, run_id, "KILLED")
+
             local.run_points(batch.points_file, len(batch.points), on_interrupt=mark_killed)
             continue
         try:
@@ -206,14 +225,20 @@ def run_batches(client: mlflow.MlflowClient, batches: list[Batch], run_ids: dict
                 grid_runs.finish(client, run_ids[point.index], "FAILED")
             raise
         with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(lambda task: tag_with_job(client, run_ids[batch.points[task].index], batch.job_id, task),
-                          range(len(batch.points))))
+            list(
+                pool.map(
+                    lambda task: tag_with_job(client, run_ids[batch.points[task].index], batch.job_id, task),
+                    range(len(batch.points)),
+                )
+            )
         print(f"submitted job array {batch.job_id} ({len(batch.points)} points): {batch.script}")
 
 
 def tag_with_job(client: mlflow.MlflowClient, run_id: str, job_id: str, task: int) -> None:
-    client.log_batch(run_id, tags=[mlflow.entities.RunTag("slurm_job_id", job_id),
-                                   mlflow.entities.RunTag("slurm_array_task_id", str(task))])
+    client.log_batch(
+        run_id,
+        tags=[mlflow.entities.RunTag("slurm_job_id", job_id), mlflow.entities.RunTag("slurm_array_task_id", str(task))],
+    )
 
 
 def report_files(grid: Grid, batches: list[Batch], what: str) -> None:

@@ -75,8 +75,14 @@ class ResNetModule(L.LightningModule):
             self.micro_batch_size = self.config.micro_batch_size
             return
         device = self.trainer.strategy.root_device
-        self.probe = probe_micro_batch(self.fresh_model_and_optimizer, device, self.per_rank_batch_size,
-                                       self.config.precision, self.config.memory_limit_mb, self.config.memory_margin)
+        self.probe = probe_micro_batch(
+            self.fresh_model_and_optimizer,
+            device,
+            self.per_rank_batch_size,
+            self.config.precision,
+            self.config.memory_limit_mb,
+            self.config.memory_margin,
+        )
         choices = self.trainer.strategy.all_gather(torch.tensor(self.probe.micro_batch_size, device=device))
         self.micro_batch_size = int(choices.min())
         self.probe_spread = (int(choices.min()), int(choices.max()))  # differs when ranks' devices differ
@@ -92,8 +98,9 @@ class ResNetModule(L.LightningModule):
         groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
         for group in groups:
             group["lr"] = lr
-        return build_optimizer(groups, config.optimizer, config.lr, config.momentum, config.nesterov,
-                               config.weight_decay)
+        return build_optimizer(
+            groups, config.optimizer, config.lr, config.momentum, config.nesterov, config.weight_decay
+        )
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer(self.model)
@@ -141,8 +148,10 @@ class ResNetModule(L.LightningModule):
         while True:
             size = self.micro_batch_size
             try:
-                return [run(images[i : i + size], labels[i : i + size], i + size >= len(labels))
-                        for i in range(0, len(labels), size)]
+                return [
+                    run(images[i : i + size], labels[i : i + size], i + size >= len(labels))
+                    for i in range(0, len(labels), size)
+                ]
             except torch.OutOfMemoryError:
                 on_retry()
                 self.halve_micro_batch()
@@ -150,8 +159,10 @@ class ResNetModule(L.LightningModule):
     def halve_micro_batch(self) -> None:
         smaller = [d for d in divisors(self.per_rank_batch_size) if d <= self.micro_batch_size // 2]
         if not smaller:
-            raise UserError(f"out of memory at micro_batch_size=1 on {self.trainer.strategy.root_device}; "
-                            f"use a smaller model or precision=bf16-mixed")
+            raise UserError(
+                f"out of memory at micro_batch_size=1 on {self.trainer.strategy.root_device}; "
+                f"use a smaller model or precision=bf16-mixed"
+            )
         self.micro_batch_size = smaller[-1]
         self.oom_retries += 1
         if self.device.type == "cuda":

@@ -69,9 +69,7 @@ def no_decay_parameter_ids(model: nn.Module) -> set[int]:
     return ids
 
 
-def parameter_groups(
-    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool
-) -> ParamGroups:
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> ParamGroups:
     """Optimizer parameter groups for `model`, each parameter in exactly one group.
 
     With `decay_norm_and_bias` False, normalization weights/biases and all other biases go into
@@ -114,9 +112,7 @@ class LayerwiseOptimizer(Optimizer):
         raise NotImplementedError
 
 
-def trust_ratio(
-    weight_norm: torch.Tensor, other_norm: torch.Tensor, ratio: torch.Tensor
-) -> torch.Tensor:
+def trust_ratio(weight_norm: torch.Tensor, other_norm: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """`ratio` where both norms are positive, else 1.
 
     A zero weight (fresh zero-init layer) or a zero update has no scale to compare against, so
@@ -210,9 +206,7 @@ class Lamb(LayerwiseOptimizer):
         parameter.sub_(update * ratio, alpha=group["lr"])
 
 
-def validate_optimizer_settings(
-    name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float
-) -> None:
+def validate_optimizer_settings(name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
     require_known("optimizer", name, OPTIMIZERS)
     if lr <= 0:
         raise UserError(f"learning rate must be > 0; got {lr}")
@@ -238,14 +232,10 @@ def build_optimizer(
     """
     validate_optimizer_settings(name, lr, momentum, nesterov, weight_decay)
     builders: dict[str, Callable[[], Optimizer]] = {
-        "sgd": lambda: torch.optim.SGD(
-            groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        ),
+        "sgd": lambda: torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay),
         "adam": lambda: torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay),
         "adamw": lambda: torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay),
-        "rmsprop": lambda: torch.optim.RMSprop(
-            groups, lr=lr, momentum=momentum, weight_decay=weight_decay
-        ),
+        "rmsprop": lambda: torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay),
         "adagrad": lambda: torch.optim.Adagrad(groups, lr=lr, weight_decay=weight_decay),
         "lars": lambda: Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay),
         "lamb": lambda: Lamb(groups, lr=lr, weight_decay=weight_decay),
@@ -284,9 +274,7 @@ SCHEDULE_SHAPES: dict[str, Callable[[int, int, int], float]] = {
 }
 
 
-def lr_multiplier(
-    step: int, shape: Callable[[int, int, int], float], total_steps: int, warmup_steps: int
-) -> float:
+def lr_multiplier(step: int, shape: Callable[[int, int, int], float], total_steps: int, warmup_steps: int) -> float:
     return warmup_factor(step, warmup_steps) * shape(step, total_steps, warmup_steps)
 
 
@@ -295,14 +283,10 @@ def validate_schedule_settings(name: str, total_steps: int, warmup_steps: int) -
     if total_steps < 1:
         raise UserError(f"total steps must be at least 1; got {total_steps}")
     if not 0 <= warmup_steps < total_steps:
-        raise UserError(
-            f"warm-up steps must be in [0, total steps {total_steps}); got {warmup_steps}"
-        )
+        raise UserError(f"warm-up steps must be in [0, total steps {total_steps}); got {warmup_steps}")
 
 
-def build_scheduler(
-    optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int
-) -> LRScheduler:
+def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int) -> LRScheduler:
     """Schedule `name` for `optimizer`; call its `step()` once after every optimizer step.
 
     constant, cosine (to 0 at total_steps) and step (x0.1 at 50% and 75% of total_steps) start

@@ -92,6 +92,7 @@ class Configuration:
 
 # --- reading MLflow ---------------------------------------------------------------------------
 
+
 def normalised(value: str) -> str:
     """One spelling per number: `mlflow run -P lr=1e-3` logs what the launcher logs as 0.001, and
     `-P lr=1` what it logs as 1.0; whole numbers lose their `.0`, others keep Python's shortest form."""
@@ -111,8 +112,11 @@ def epoch_series(measurements) -> list[float]:
 
 def record_of(client: mlflow.MlflowClient, run) -> RunRecord:
     status = grid_runs.status_name(run)
-    history = {name: epoch_series(client.get_metric_history(run.info.run_id, name)) for name in HISTORIES} \
-        if status == FINISHED else {}  # only finished runs enter means and curves
+    history = (
+        {name: epoch_series(client.get_metric_history(run.info.run_id, name)) for name in HISTORIES}
+        if status == FINISHED
+        else {}
+    )  # only finished runs enter means and curves
     params = {key: normalised(value) for key, value in run.data.params.items() if key in CONFIG_KEYS}
     return RunRecord(run.info.run_id, status, params, dict(run.data.metrics), history)
 
@@ -140,12 +144,15 @@ def runs_of_grid(client: mlflow.MlflowClient, name: str) -> tuple[list, str | No
     if not runs:
         raise UserError(f"no grid named {name!r} in {client.tracking_uri}: no runs carry tag grid={name}")
     experiments = sorted({run.info.experiment_id for run in runs})
-    launches = grid_runs.search_newest_first(client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'")
+    launches = grid_runs.search_newest_first(
+        client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'"
+    )
     return runs, launches[0].info.run_id if launches else None
 
 
-def fetch_records(client: mlflow.MlflowClient, experiment: str | None,
-                  grid: str | None) -> tuple[list[RunRecord], str | None]:
+def fetch_records(
+    client: mlflow.MlflowClient, experiment: str | None, grid: str | None
+) -> tuple[list[RunRecord], str | None]:
     """The newest run of every configuration hash, as records, and the launch run to upload onto."""
     if (experiment is None) == (grid is None):
         raise UserError("report: give exactly one of --experiment NAME or --grid NAME")
@@ -155,6 +162,7 @@ def fetch_records(client: mlflow.MlflowClient, experiment: str | None,
 
 
 # --- configurations and the table -------------------------------------------------------------
+
 
 def varying_keys(keys: list[tuple[str, ...]]) -> list[str]:
     return [name for i, name in enumerate(IDENTITY) if len({key[i] for key in keys}) > 1]
@@ -167,8 +175,10 @@ def configurations(records: list[RunRecord]) -> tuple[list[Configuration], list[
         groups.setdefault(tuple(record.params.get(name, "") for name in IDENTITY), []).append(record)
     varying = varying_keys(list(groups))
     label_keys = varying or [name for name in DEFAULT_LABEL_KEYS if name in IDENTITY]
-    found = [Configuration(key, ", ".join(f"{name}={key[IDENTITY.index(name)]}" for name in label_keys), runs)
-             for key, runs in groups.items()]
+    found = [
+        Configuration(key, ", ".join(f"{name}={key[IDENTITY.index(name)]}" for name in label_keys), runs)
+        for key, runs in groups.items()
+    ]
     return found, varying
 
 
@@ -201,14 +211,19 @@ def configuration_row(configuration: Configuration, target: float | None) -> dic
     micro = [run.metrics["micro_batch_size"] for run in done if "micro_batch_size" in run.metrics]
     accumulate = [run.metrics["accumulate_grad_batches"] for run in done if "accumulate_grad_batches" in run.metrics]
     return {
-        "configuration": configuration.label, **dict(zip(IDENTITY, configuration.key)),
-        "status": status_text(configuration.runs), "runs": len(configuration.runs), "n_seeds": len(done),
-        ACCURACY: mean_or_nan(final), f"{ACCURACY}_std": std_or_nan(final),
-        "best_val_acc": mean_or_nan(best), "best_val_acc_std": std_or_nan(best),
-        "time_to_target_s": mean_or_nan(reached), "n_reached_target": len(reached),
+        "configuration": configuration.label,
+        **dict(zip(IDENTITY, configuration.key)),
+        "status": status_text(configuration.runs),
+        "runs": len(configuration.runs),
+        "n_seeds": len(done),
+        ACCURACY: mean_or_nan(final),
+        f"{ACCURACY}_std": std_or_nan(final),
+        "best_val_acc": mean_or_nan(best),
+        "best_val_acc_std": std_or_nan(best),
+        "time_to_target_s": mean_or_nan(reached),
+        "n_reached_target": len(reached),
         "total_time_s": mean_or_nan(run.metrics.get("total_time_s") for run in done),
-        "train/images_per_s": mean_or_nan(mean_or_nan(run.history.get("train/images_per_s", []))
-                                          for run in done),
+        "train/images_per_s": mean_or_nan(mean_or_nan(run.history.get("train/images_per_s", [])) for run in done),
         "gpu_hours": mean_or_nan(run.gpus * run.metrics.get("total_time_s", math.nan) / 3600 for run in done),
         # seeds should agree; if an out-of-memory retry made one differ, show the plan a rerun must expect
         "micro_batch_size_used": min(micro) if micro else math.nan,
@@ -223,8 +238,9 @@ def configuration_table(found: list[Configuration], target: float | None = None)
     table = pd.DataFrame([configuration_row(configuration, target) for configuration in found])
     if target is not None:
         table["target_accuracy"] = str(target)
-    return table.sort_values([ACCURACY, "configuration"], ascending=[False, True], na_position="last",
-                             ignore_index=True)
+    return table.sort_values(
+        [ACCURACY, "configuration"], ascending=[False, True], na_position="last", ignore_index=True
+    )
 
 
 def finished_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -232,6 +248,7 @@ def finished_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the front, the findings, the recommendation ----------------------------------------------
+
 
 def pareto_front(table: pd.DataFrame, cost: str = "gpu_hours", value: str = ACCURACY) -> pd.Series:
     """True for each row that no other row dominates (as cheap or cheaper and as good or better,
@@ -255,7 +272,9 @@ def ceiling_2_significant(value: float) -> float:
 def describe(row: pd.Series) -> str:
     spread = f" ± {row[f'{ACCURACY}_std']:.4f}" if not math.isnan(row[f"{ACCURACY}_std"]) else ""
     seeds = f"{row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}"
-    return f"{row['configuration']} (val/acc {row[ACCURACY]:.4f}{spread} over {seeds}, {row['gpu_hours']:.3g} GPU-hours)"
+    return (
+        f"{row['configuration']} (val/acc {row[ACCURACY]:.4f}{spread} over {seeds}, {row['gpu_hours']:.3g} GPU-hours)"
+    )
 
 
 def typical_accuracy(found: list[Configuration]) -> float:
@@ -285,16 +304,26 @@ def fastest_sentence(found: list[Configuration], done: pd.DataFrame, target: flo
     reached = done[done["time_to_target_s"].notna()]
     if not reached.empty:  # the table's own figures, so that the sentence and the table agree
         threshold, note = target, " (the target)"
-        winner = fastest(list(zip(reached["time_to_target_s"], reached["configuration"],
-                                  reached["n_reached_target"], reached["n_seeds"])))
+        winner = fastest(
+            list(
+                zip(
+                    reached["time_to_target_s"],
+                    reached["configuration"],
+                    reached["n_reached_target"],
+                    reached["n_seeds"],
+                )
+            )
+        )
     else:
         threshold, note = typical_accuracy(found), " (the median best val/acc; nothing reached the target)"
         winner = fastest(times_to(found, threshold))
     if winner is None:
         return f"No configuration reached {threshold:.0%} val/acc."
     seconds, label, hits, seeds = winner
-    return (f"Fastest to {threshold:.0%} val/acc{note}: {label}, after {seconds:.1f} s of training "
-            f"(mean over the {hits}/{seeds} seeds that reached it).")
+    return (
+        f"Fastest to {threshold:.0%} val/acc{note}: {label}, after {seconds:.1f} s of training "
+        f"(mean over the {hits}/{seeds} seeds that reached it)."
+    )
 
 
 def findings(found: list[Configuration], table: pd.DataFrame, target: float) -> list[str]:
@@ -320,12 +349,15 @@ def recommendation(table: pd.DataFrame) -> str:
     good = done[done[ACCURACY] >= best[ACCURACY] - margin]
     choice = good.loc[good["gpu_hours"].idxmin()]
     if choice["configuration"] == best["configuration"]:
-        advice = (f"Recommendation: {describe(best)}: the most accurate, and nothing within {margin:.3f} "
-                  f"of it is cheaper.")
+        advice = (
+            f"Recommendation: {describe(best)}: the most accurate, and nothing within {margin:.3f} of it is cheaper."
+        )
     else:
         share = choice["gpu_hours"] / best["gpu_hours"] if best["gpu_hours"] else math.nan
-        advice = (f"Recommendation: {describe(choice)}: within {margin:.3f} val/acc of the most accurate "
-                  f"({best['configuration']}) for {share:.0%} of its GPU-hours.")
+        advice = (
+            f"Recommendation: {describe(choice)}: within {margin:.3f} val/acc of the most accurate "
+            f"({best['configuration']}) for {share:.0%} of its GPU-hours."
+        )
     if done["n_seeds"].min() < 2:
         advice += " Some configurations have a single seed: differences smaller than seed noise are not established."
     return advice
@@ -334,8 +366,10 @@ def recommendation(table: pd.DataFrame) -> str:
 def problems(table: pd.DataFrame) -> list[str]:
     """Configurations with runs that did not finish: shown, never averaged in."""
     unfinished = table[table["n_seeds"] < table["runs"]]
-    return [f"Not all runs finished for {row.configuration}: {row.status}; only FINISHED runs enter the figures."
-            for row in unfinished.itertuples()]
+    return [
+        f"Not all runs finished for {row.configuration}: {row.status}; only FINISHED runs enter the figures."
+        for row in unfinished.itertuples()
+    ]
 
 
 def scaling_frame(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
@@ -352,8 +386,9 @@ def scaling_frame(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
         label = ", ".join(f"{name}={key[others.index(name)]}" for name in label_keys) or "all"
         baseline = single["train/images_per_s"].iloc[0]
         for gpus, speed in zip(group["gpus"], group["train/images_per_s"]):
-            rows.append({"group": label, "gpus": gpus, "speedup": speed / baseline,
-                         "efficiency": speed / baseline / gpus})
+            rows.append(
+                {"group": label, "gpus": gpus, "speedup": speed / baseline, "efficiency": speed / baseline / gpus}
+            )
     return pd.DataFrame(rows, columns=["group", "gpus", "speedup", "efficiency"]).sort_values(["group", "gpus"])
 
 
@@ -366,36 +401,55 @@ def curves_frame(found: list[Configuration]) -> pd.DataFrame:
             continue
         epochs = min(len(run.history.get(ACCURACY, [])) for run in runs)
         for epoch in range(epochs):
-            rows.append({"configuration": configuration.label, "epoch": epoch,
-                         "wall_time_s": mean_or_nan(run.wall_times[epoch] if epoch < len(run.wall_times) else None
-                                                    for run in runs),
-                         "val_acc": mean_or_nan(run.history[ACCURACY][epoch] for run in runs),
-                         "train_loss": mean_or_nan(run.history["train/loss"][epoch]
-                                                   if epoch < len(run.history.get("train/loss", [])) else None
-                                                   for run in runs)})
+            rows.append(
+                {
+                    "configuration": configuration.label,
+                    "epoch": epoch,
+                    "wall_time_s": mean_or_nan(
+                        run.wall_times[epoch] if epoch < len(run.wall_times) else None for run in runs
+                    ),
+                    "val_acc": mean_or_nan(run.history[ACCURACY][epoch] for run in runs),
+                    "train_loss": mean_or_nan(
+                        run.history["train/loss"][epoch] if epoch < len(run.history.get("train/loss", [])) else None
+                        for run in runs
+                    ),
+                }
+            )
     return pd.DataFrame(rows, columns=["configuration", "epoch", "wall_time_s", "val_acc", "train_loss"])
 
 
 # --- the summary --------------------------------------------------------------------------------
 
+
 def summary_numbers(records: list[RunRecord], table: pd.DataFrame, front: pd.Series) -> dict[str, float]:
     """Flat numbers for `dvc metrics show`; figures that do not exist (nothing finished) are left out."""
     statuses = Counter(record.status for record in records)
     done = finished_rows(table)
-    numbers = {"configurations": len(table), "finished_configurations": len(done), "runs": len(records),
-               "finished_runs": statuses[FINISHED], "failed_runs": statuses["FAILED"],
-               "killed_runs": statuses["KILLED"], "unfinished_runs": statuses["SCHEDULED"] + statuses["RUNNING"],
-               "pareto_configurations": int(front.sum()),
-               "study_gpu_hours": sum(r.gpus * r.metrics.get("total_time_s", 0.0) for r in records) / 3600}
+    numbers = {
+        "configurations": len(table),
+        "finished_configurations": len(done),
+        "runs": len(records),
+        "finished_runs": statuses[FINISHED],
+        "failed_runs": statuses["FAILED"],
+        "killed_runs": statuses["KILLED"],
+        "unfinished_runs": statuses["SCHEDULED"] + statuses["RUNNING"],
+        "pareto_configurations": int(front.sum()),
+        "study_gpu_hours": sum(r.gpus * r.metrics.get("total_time_s", 0.0) for r in records) / 3600,
+    }
     if not done.empty:
         best = done.loc[done[ACCURACY].idxmax()]
-        numbers.update(best_val_acc=best[ACCURACY], best_gpu_hours=best["gpu_hours"],
-                       best_total_time_s=best["total_time_s"])
-    return {key: float(value) if isinstance(value, float) else int(value) for key, value in numbers.items()
-            if not (isinstance(value, float) and math.isnan(value))}
+        numbers.update(
+            best_val_acc=best[ACCURACY], best_gpu_hours=best["gpu_hours"], best_total_time_s=best["total_time_s"]
+        )
+    return {
+        key: float(value) if isinstance(value, float) else int(value)
+        for key, value in numbers.items()
+        if not (isinstance(value, float) and math.isnan(value))
+    }
 
 
 # --- rendering -----------------------------------------------------------------------------------
+
 
 def number(value: float, style: str) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, style)
@@ -407,6 +461,7 @@ def shown_params(varying: list[str]) -> list[str]:
 
 def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tuple[str, object]]]:
     """The table as people read it: (text, sort value) per column, mean ± std in one cell."""
+
     def spread(row, name):
         std = row[f"{name}_std"]
         return number(row[name], ".4f") + ("" if math.isnan(std) else f" ± {std:.4f}"), row[name]
@@ -424,17 +479,22 @@ def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tupl
         seeds = f"{row['n_reached_target']}/{row['n_seeds']} seeds"
         return f"{row['time_to_target_s']:.1f} ({seeds})", row["time_to_target_s"]
 
-    columns = {**{name: (lambda row, name=name: (row[name], row[name])) for name in shown_params(varying)},
-               "status": lambda row: (row["status"], row["status"]),
-               "n_seeds": lambda row: (str(row["n_seeds"]), row["n_seeds"]),
-               ACCURACY: lambda row: spread(row, ACCURACY), "best_val_acc": lambda row: spread(row, "best_val_acc"),
-               "time_to_target_s": target,
-               "total_time_s": lambda row: (number(row["total_time_s"], ".1f"), row["total_time_s"]),
-               "train/images_per_s": lambda row: (number(row["train/images_per_s"], ".0f"), row["train/images_per_s"]),
-               "gpu_hours": lambda row: (number(row["gpu_hours"], ".3g"), row["gpu_hours"]),
-               "micro_batch_size": micro,
-               "accumulate_grad_batches": lambda row: (number(row["accumulate_grad_batches"], ".0f"),
-                                                       row["accumulate_grad_batches"])}
+    columns = {
+        **{name: (lambda row, name=name: (row[name], row[name])) for name in shown_params(varying)},
+        "status": lambda row: (row["status"], row["status"]),
+        "n_seeds": lambda row: (str(row["n_seeds"]), row["n_seeds"]),
+        ACCURACY: lambda row: spread(row, ACCURACY),
+        "best_val_acc": lambda row: spread(row, "best_val_acc"),
+        "time_to_target_s": target,
+        "total_time_s": lambda row: (number(row["total_time_s"], ".1f"), row["total_time_s"]),
+        "train/images_per_s": lambda row: (number(row["train/images_per_s"], ".0f"), row["train/images_per_s"]),
+        "gpu_hours": lambda row: (number(row["gpu_hours"], ".3g"), row["gpu_hours"]),
+        "micro_batch_size": micro,
+        "accumulate_grad_batches": lambda row: (
+            number(row["accumulate_grad_batches"], ".0f"),
+            row["accumulate_grad_batches"],
+        ),
+    }
     return [{name: cell(row) for name, cell in columns.items()} for _, row in table.iterrows()]
 
 
@@ -475,8 +535,15 @@ def html_table(rows: list[dict[str, tuple[str, object]]]) -> str:
     if not rows:
         return "<p>No runs.</p>"
     head = "".join(f"<th title='click to sort'>{html.escape(name)}</th>" for name in rows[0])
-    body = "".join("<tr>" + "".join(f"<td data-sort='{html.escape(sort_key(sort))}'>{html.escape(str(text))}</td>"
-                                    for text, sort in row.values()) + "</tr>\n" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td data-sort='{html.escape(sort_key(sort))}'>{html.escape(str(text))}</td>"
+            for text, sort in row.values()
+        )
+        + "</tr>\n"
+        for row in rows
+    )
     return f"<table class='sortable'>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n{SORT_SCRIPT}"
 
 
@@ -489,16 +556,22 @@ figure { margin: 1.5em 0; } img { max-width: 100%; } .skipped { color: #777; }
 </style>"""
 
 
-def page(title: str, source: str, sentences: list[str], constant: str, table: str,
-         plots: list[report_plots.Plot]) -> str:
+def page(
+    title: str, source: str, sentences: list[str], constant: str, table: str, plots: list[report_plots.Plot]
+) -> str:
     items = "".join(f"<li>{html.escape(sentence)}</li>" for sentence in sentences)
     figures = "".join(
         f"<figure><img alt='{html.escape(p.title)}' src='data:image/png;base64,{base64.b64encode(p.png).decode()}'>"
-        f"<figcaption>{html.escape(p.title)}</figcaption></figure>\n" if p.png else
-        f"<p class='skipped'>Not drawn: {html.escape(p.title)} — {html.escape(p.skipped or '')}.</p>\n" for p in plots)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}</head>\n"
-            f"<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(source)}</p>\n<h2>Findings</h2><ul>{items}</ul>\n"
-            f"<h2>Configurations</h2><p>{html.escape(constant)}</p>\n{table}\n<h2>Plots</h2>\n{figures}</body></html>\n")
+        f"<figcaption>{html.escape(p.title)}</figcaption></figure>\n"
+        if p.png
+        else f"<p class='skipped'>Not drawn: {html.escape(p.title)} — {html.escape(p.skipped or '')}.</p>\n"
+        for p in plots
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}</head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(source)}</p>\n<h2>Findings</h2><ul>{items}</ul>\n"
+        f"<h2>Configurations</h2><p>{html.escape(constant)}</p>\n{table}\n<h2>Plots</h2>\n{figures}</body></html>\n"
+    )
 
 
 def constant_params(table: pd.DataFrame, varying: list[str]) -> str:
@@ -507,6 +580,7 @@ def constant_params(table: pd.DataFrame, varying: list[str]) -> str:
 
 
 # --- the whole report ------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Report:
@@ -538,40 +612,62 @@ def analyse(records: list[RunRecord], title: str, source: str, target: float | N
     done = finished_rows(table)
     front = pd.Series(False, index=table.index, dtype=bool)
     front[done.index] = pareto_front(done)
-    sentences = [*findings(found, table, target if target is not None else runs_target(table)),
-                 recommendation(table), *problems(table)]
+    sentences = [
+        *findings(found, table, target if target is not None else runs_target(table)),
+        recommendation(table),
+        *problems(table),
+    ]
     if target is not None:
-        sentences.append(f"Time to target recomputed for val/acc {target} from each run's val/acc history "
-                         f"and cumulative epoch_time_s.")
+        sentences.append(
+            f"Time to target recomputed for val/acc {target} from each run's val/acc history "
+            f"and cumulative epoch_time_s."
+        )
     return Report(title, source, records, found, varying, table, front, sentences)
 
 
 def pareto_points(report: Report) -> pd.DataFrame:
     done = finished_rows(report.table)
-    return pd.DataFrame({"gpu_hours": done["gpu_hours"], "val_acc": done[ACCURACY],
-                         "configuration": done["configuration"], "on_front": report.front[done.index]})
+    return pd.DataFrame(
+        {
+            "gpu_hours": done["gpu_hours"],
+            "val_acc": done[ACCURACY],
+            "configuration": done["configuration"],
+            "on_front": report.front[done.index],
+        }
+    )
 
 
 def write_files(report: Report, folder: Path) -> None:
     rows = display_rows(report.table, report.varying)
     curves = curves_frame(report.found)
     pareto = pareto_points(report)
-    plots = report_plots.draw_all(curves, pareto, report.table, report.varying,
-                                  scaling_frame(report.table, report.varying))
+    plots = report_plots.draw_all(
+        curves, pareto, report.table, report.varying, scaling_frame(report.table, report.varying)
+    )
     report.table.to_csv(folder / "table.csv", index=False)
     (folder / "table.md").write_text(markdown_table(rows))
-    (folder / "table.html").write_text(f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{STYLE}</head><body>\n"
-                                       f"{html_table(rows)}\n</body></html>\n")
+    (folder / "table.html").write_text(
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{STYLE}</head><body>\n{html_table(rows)}\n</body></html>\n"
+    )
     pareto.to_csv(folder / "pareto.csv", index=False)
     curves.to_csv(folder / "curves.csv", index=False)
-    (folder / "summary.json").write_text(json.dumps(summary_numbers(report.records, report.table, report.front),
-                                                    indent=2) + "\n")
+    (folder / "summary.json").write_text(
+        json.dumps(summary_numbers(report.records, report.table, report.front), indent=2) + "\n"
+    )
     (folder / "summary.md").write_text(f"# {report.title}\n\n" + "".join(f"- {s}\n" for s in report.sentences))
     for plot in plots:
         if plot.png:
             (folder / f"{plot.name}.png").write_bytes(plot.png)
-    (folder / "index.html").write_text(page(report.title, report.source, report.sentences,
-                                            constant_params(report.table, report.varying), html_table(rows), plots))
+    (folder / "index.html").write_text(
+        page(
+            report.title,
+            report.source,
+            report.sentences,
+            constant_params(report.table, report.varying),
+            html_table(rows),
+            plots,
+        )
+    )
 
 
 def shareable(uri: str) -> str:
@@ -583,8 +679,13 @@ def shareable(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def build_report(client: mlflow.MlflowClient, out_dir: Path, experiment: str | None = None, grid: str | None = None,
-                 target_accuracy: float | None = None) -> Path:
+def build_report(
+    client: mlflow.MlflowClient,
+    out_dir: Path,
+    experiment: str | None = None,
+    grid: str | None = None,
+    target_accuracy: float | None = None,
+) -> Path:
     """Write the report of an experiment's or a grid's runs into `out_dir` (replacing it whole) and
     upload it as artifact `report` onto the newest launch run, if there is one. Returns `out_dir`."""
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
@@ -595,8 +696,10 @@ def build_report(client: mlflow.MlflowClient, out_dir: Path, experiment: str | N
         raise UserError(f"{what}: its runs hold no params, so no configuration to compare")
     title = f"hpcsweep report: {'grid ' + grid if grid else 'experiment ' + experiment}"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    source = (f"{len(records)} runs (the newest per configuration hash) from {shareable(client.tracking_uri)}, {stamp}. "
-              f"Means and standard deviations are over FINISHED seeds only.")
+    source = (
+        f"{len(records)} runs (the newest per configuration hash) from {shareable(client.tracking_uri)}, {stamp}. "
+        f"Means and standard deviations are over FINISHED seeds only."
+    )
     report = analyse(records, title, source, target_accuracy)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as folder:

@@ -63,13 +63,21 @@ def per_configuration(curves: pd.DataFrame, name: str, title: str, y: str, ylabe
 
 
 def accuracy_curves(curves: pd.DataFrame) -> Plot:
-    return per_configuration(curves, "accuracy_vs_time", "val/acc against wall-clock training time (mean over seeds)",
-                             "val_acc", "val/acc", "wall_time_s", "training time, cumulative epoch_time_s (s)")
+    return per_configuration(
+        curves,
+        "accuracy_vs_time",
+        "val/acc against wall-clock training time (mean over seeds)",
+        "val_acc",
+        "val/acc",
+        "wall_time_s",
+        "training time, cumulative epoch_time_s (s)",
+    )
 
 
 def loss_curves(curves: pd.DataFrame) -> Plot:
-    return per_configuration(curves, "train_loss", "train/loss per epoch (mean over seeds)",
-                             "train_loss", "train/loss", "epoch", "epoch")
+    return per_configuration(
+        curves, "train_loss", "train/loss per epoch (mean over seeds)", "train_loss", "train/loss", "epoch", "epoch"
+    )
 
 
 def pareto(points: pd.DataFrame) -> Plot:
@@ -81,18 +89,28 @@ def pareto(points: pd.DataFrame) -> Plot:
     front = points[points["on_front"]].sort_values("gpu_hours")
     rest = points[~points["on_front"]]
     axes.scatter(rest["gpu_hours"], rest["val_acc"], color="0.6", label="dominated")
-    axes.plot(front["gpu_hours"], front["val_acc"], color="tab:red", marker="o", drawstyle="steps-post",
-              label="Pareto front")
+    axes.plot(
+        front["gpu_hours"], front["val_acc"], color="tab:red", marker="o", drawstyle="steps-post", label="Pareto front"
+    )
     # front points are numbered on the plot and named in the legend: full labels would overlap
     for number, row in enumerate(front.itertuples(), start=1):
-        axes.annotate(str(number), (row.gpu_hours, row.val_acc), textcoords="offset points",
-                      xytext=(4, -12 if number % 2 else 4),  # the front rises: odd ones below, even above
-                      fontsize=9, color="tab:red", weight="bold")
+        axes.annotate(
+            str(number),
+            (row.gpu_hours, row.val_acc),
+            textcoords="offset points",
+            xytext=(4, -12 if number % 2 else 4),  # the front rises: odd ones below, even above
+            fontsize=9,
+            color="tab:red",
+            weight="bold",
+        )
         axes.plot([], [], " ", label=f"{number}: {row.configuration}")
     if points["gpu_hours"].max() > 10 * points["gpu_hours"].min() > 0:
         axes.set_xscale("log")  # GPU-hours of 1 and 64 GPUs side by side
-    axes.set(xlabel="GPU-hours (devices x num_nodes x total_time_s / 3600, lower is better)",
-             ylabel="val/acc (mean final, higher is better)", title=title)
+    axes.set(
+        xlabel="GPU-hours (devices x num_nodes x total_time_s / 3600, lower is better)",
+        ylabel="val/acc (mean final, higher is better)",
+        title=title,
+    )
     axes.grid(alpha=0.3)
     legend_outside(axes)
     return Plot("pareto", title, png_of(figure))
@@ -108,16 +126,24 @@ def against_batch_size(table: pd.DataFrame, varying: list[str]) -> Plot:
     if done["batch_size"].nunique() < 2:
         return Plot("batch_size", title, skipped="batch_size does not vary among finished configurations")
     keys = [key for key in varying if key != "batch_size"]
-    done = done.assign(group=[group_label(row, keys) for _, row in done.iterrows()],
-                       batch=done["batch_size"].astype(int)).sort_values("batch")
+    done = done.assign(
+        group=[group_label(row, keys) for _, row in done.iterrows()], batch=done["batch_size"].astype(int)
+    ).sort_values("batch")
     done = done[done.groupby("group")["batch"].transform("nunique") > 1]  # a lone point shows no trend
     if done.empty:
         return Plot("batch_size", title, skipped="no configuration was run at more than one batch_size")
     figure = Figure(figsize=PAIR)
     accuracy, seconds = figure.subplots(1, 2)
     for index, (label, group) in enumerate(done.groupby("group", sort=False)):
-        accuracy.errorbar(group["batch"], group["val/acc"], yerr=group["val/acc_std"].fillna(0), marker="o",
-                          capsize=3, label=label, **style(index))
+        accuracy.errorbar(
+            group["batch"],
+            group["val/acc"],
+            yerr=group["val/acc_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=label,
+            **style(index),
+        )
         seconds.plot(group["batch"], group["total_time_s"], marker="o", label=label, **style(index))
     for axes, ylabel in ((accuracy, "val/acc (mean final ± std)"), (seconds, "total_time_s (mean, s)")):
         axes.set_xscale("log", base=2)
@@ -131,8 +157,11 @@ def against_batch_size(table: pd.DataFrame, varying: list[str]) -> Plot:
 def scaling(frame: pd.DataFrame) -> Plot:
     title = "DDP speed-up and scaling efficiency against GPUs (devices x num_nodes)"
     if frame.empty:
-        return Plot("scaling", title, skipped="the number of GPUs does not vary against a 1-GPU run of otherwise "
-                                              "equal configurations")
+        return Plot(
+            "scaling",
+            title,
+            skipped="the number of GPUs does not vary against a 1-GPU run of otherwise equal configurations",
+        )
     figure = Figure(figsize=PAIR)
     speedup, efficiency = figure.subplots(1, 2)
     for index, (label, group) in enumerate(frame.groupby("group", sort=False)):
@@ -142,8 +171,11 @@ def scaling(frame: pd.DataFrame) -> Plot:
     speedup.plot([1, most], [1, most], linestyle="--", color="0.5", label="ideal")
     efficiency.axhline(1.0, linestyle="--", color="0.5", label="ideal")
     speedup.set(xlabel="GPUs", ylabel="speed-up (train/images_per_s over 1 GPU)")
-    efficiency.set(xlabel="GPUs", ylabel="scaling efficiency (speed-up / GPUs)",
-                   ylim=(0, 1.1 * max(1.0, frame["efficiency"].max())))
+    efficiency.set(
+        xlabel="GPUs",
+        ylabel="scaling efficiency (speed-up / GPUs)",
+        ylim=(0, 1.1 * max(1.0, frame["efficiency"].max())),
+    )
     for axes in (speedup, efficiency):
         axes.set_xticks(sorted(frame["gpus"].unique()))
         axes.grid(alpha=0.3)
@@ -152,7 +184,13 @@ def scaling(frame: pd.DataFrame) -> Plot:
     return Plot("scaling", title, png_of(figure))
 
 
-def draw_all(curves: pd.DataFrame, points: pd.DataFrame, table: pd.DataFrame, varying: list[str],
-             scaling_data: pd.DataFrame) -> list[Plot]:
-    return [accuracy_curves(curves), pareto(points), against_batch_size(table, varying), scaling(scaling_data),
-            loss_curves(curves)]
+def draw_all(
+    curves: pd.DataFrame, points: pd.DataFrame, table: pd.DataFrame, varying: list[str], scaling_data: pd.DataFrame
+) -> list[Plot]:
+    return [
+        accuracy_curves(curves),
+        pareto(points),
+        against_batch_size(table, varying),
+        scaling(scaling_data),
+        loss_curves(curves),
+    ]

@@ -45,8 +45,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); "
-                            f"another server may hold it: choose another port or stop that one") from None
+            raise UserError(
+                f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); "
+                f"another server may hold it: choose another port or stop that one"
+            ) from None
 
 
 def check_backend_store(uri: str) -> None:
@@ -82,13 +84,20 @@ def check_artifacts_destination(destination: str) -> None:
 
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     where = f"--artifacts-destination {destination}" + (f" (MLFLOW_S3_ENDPOINT_URL={endpoint})" if endpoint else "")
-    client = boto3.client("s3", endpoint_url=endpoint, config=botocore.config.Config(
-        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=CONNECT_TIMEOUT_S, retries={"max_attempts": 1}))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=botocore.config.Config(
+            connect_timeout=CONNECT_TIMEOUT_S, read_timeout=CONNECT_TIMEOUT_S, retries={"max_attempts": 1}
+        ),
+    )
     try:
         client.head_bucket(Bucket=parsed.netloc)
     except botocore.exceptions.NoCredentialsError:
-        raise UserError(f"{where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                        f"(environment or tracking.secrets_file)") from None
+        raise UserError(
+            f"{where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            f"(environment or tracking.secrets_file)"
+        ) from None
     except botocore.exceptions.EndpointConnectionError as error:
         raise UserError(f"{where}: cannot reach S3 ({error})") from None
     except botocore.exceptions.ClientError as error:
@@ -96,9 +105,11 @@ def check_artifacts_destination(destination: str) -> None:
         if code in ("404", "NoSuchBucket"):
             raise UserError(f"{where}: bucket {parsed.netloc!r} does not exist; create it first") from None
         if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-            raise UserError(f"{where}: S3 refused the credentials of AWS_ACCESS_KEY_ID="
-                            f"{os.environ.get('AWS_ACCESS_KEY_ID', '(unset)')} for bucket {parsed.netloc!r} "
-                            f"({code})") from None
+            raise UserError(
+                f"{where}: S3 refused the credentials of AWS_ACCESS_KEY_ID="
+                f"{os.environ.get('AWS_ACCESS_KEY_ID', '(unset)')} for bucket {parsed.netloc!r} "
+                f"({code})"
+            ) from None
         raise UserError(f"{where}: S3 answered {code}: {error}") from None
 
 
@@ -108,30 +119,49 @@ def database_pool(options: ServerOptions) -> dict[str, str]:
     "QueuePool limit reached" under 32 concurrent clients; a site's own setting wins."""
     per_worker = max(2, options.db_connections // options.workers)
     kept = per_worker // 2  # MLflow ignores an overflow of 0, so half kept open, half on demand
-    return {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(kept), "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(per_worker - kept)}
+    return {
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(kept),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(per_worker - kept),
+    }
 
 
 def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
     """MLflow's basic-auth app: users in the same database, new users may read but not write."""
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        raise UserError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (environment or tracking.secrets_file); "
-                        "the admin user is created with it on the first start")
+        raise UserError(
+            "--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (environment or tracking.secrets_file); "
+            "the admin user is created with it on the first start"
+        )
     config = folder / "basic_auth.ini"
-    config.write_text("[mlflow]\ndefault_permission = READ\n"
-                      f"database_uri = {options.backend_store_uri.replace('%', '%%')}\n"
-                      "admin_username = admin\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
-            # the CSRF key of the UI's forms; one per server start unless the site sets one
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
-            or secrets.token_hex(32)}
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {options.backend_store_uri.replace('%', '%%')}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        # the CSRF key of the UI's forms; one per server start unless the site sets one
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32),
+    }
 
 
 def mlflow_command(options: ServerOptions) -> list[str]:
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--serve-artifacts",
-               "--backend-store-uri", options.backend_store_uri,
-               "--artifacts-destination", options.artifacts_destination,
-               "--host", options.host, "--port", str(options.port), "--workers", str(options.workers)]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--serve-artifacts",
+        "--backend-store-uri",
+        options.backend_store_uri,
+        "--artifacts-destination",
+        options.artifacts_destination,
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--workers",
+        str(options.workers),
+    ]
     if options.allowed_hosts:
         command += ["--allowed-hosts", options.allowed_hosts]
     if options.auth:
@@ -152,8 +182,11 @@ def serve(options: ServerOptions) -> None:
     environment = {**database_pool(options), **os.environ}
     if options.auth:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
-    print(f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
-          f"{options.artifacts_destination}{', basic auth' if options.auth else ''}", flush=True)
+    print(
+        f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
+        f"{options.artifacts_destination}{', basic auth' if options.auth else ''}",
+        flush=True,
+    )
     print(f"export MLFLOW_TRACKING_URI={client_uri(options)}", flush=True)
     command = mlflow_command(options)
     os.execve(command[0], command, environment)

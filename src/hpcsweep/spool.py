@@ -72,7 +72,7 @@ class Spool:
         self.uri = header["uri"]
         sent_path = self.folder / SENT_FILE
         self.sent = int(sent_path.read_text()) if sent_path.is_file() else 0
-        self._unsent.extend(records[self.sent:])
+        self._unsent.extend(records[self.sent :])
         return True
 
     def release(self) -> None:
@@ -104,8 +104,11 @@ class Spool:
     def reject(self, record: dict, reason: str) -> None:
         """Set aside a record the server refuses for good (a deleted run, an invalid value), so
         that it cannot block the records after it; it is kept, with the reason, for a person."""
-        log.warning("the tracking server refused a spooled record for good (%s); kept in %s",
-                    reason, self.folder / REJECTED_FILE)
+        log.warning(
+            "the tracking server refused a spooled record for good (%s); kept in %s",
+            reason,
+            self.folder / REJECTED_FILE,
+        )
         with (self.folder / REJECTED_FILE).open("a") as stream:
             stream.write(json.dumps({"reason": reason, "record": record}) + "\n")
 

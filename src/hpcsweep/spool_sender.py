@@ -153,13 +153,13 @@ class Flusher(threading.Thread):
             except ServerAway as error:
                 if self.away_since is None:
                     self.away_since = time.monotonic()
-                    log.warning("tracking server unreachable; training goes on, logging into %s (%s)",
-                                self.spool.path, error)
+                    log.warning(
+                        "tracking server unreachable; training goes on, logging into %s (%s)", self.spool.path, error
+                    )
                 delay = min(self.MAX_DELAY_S, (delay or self.FIRST_DELAY_S / 2) * 2)
                 continue
             if self.away_since is not None:
-                log.warning("tracking server back after %.0f s; the spool is sent",
-                            time.monotonic() - self.away_since)
+                log.warning("tracking server back after %.0f s; the spool is sent", time.monotonic() - self.away_since)
                 self.away_since = None
             delay = None
             if self.closing:

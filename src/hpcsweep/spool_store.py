@@ -57,10 +57,14 @@ class SpoolingStore(RestStore):
         self.flusher.notify()
 
     def log_batch(self, run_id, metrics, params, tags) -> None:
-        self.spool_record({"run_id": run_id,
-                     "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
-                     "params": [[p.key, p.value] for p in params],
-                     "tags": [[t.key, t.value] for t in tags]})
+        self.spool_record(
+            {
+                "run_id": run_id,
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
+                "params": [[p.key, p.value] for p in params],
+                "tags": [[t.key, t.value] for t in tags],
+            }
+        )
 
     def log_metric(self, run_id, metric) -> None:
         self.log_batch(run_id, [metric], [], [])
@@ -92,8 +96,9 @@ class SpoolingStore(RestStore):
             _artifact_repos_cache.pop(run_id, None)
 
     def update_run_info(self, run_id, run_status, end_time, run_name) -> None:
-        self.spool_record({"run_id": run_id, "status": RunStatus.to_string(run_status), "end_time": end_time,
-                     "run_name": run_name})
+        self.spool_record(
+            {"run_id": run_id, "status": RunStatus.to_string(run_status), "end_time": end_time, "run_name": run_name}
+        )
 
 
 class SpoolingArtifactRepository(ArtifactRepository):
@@ -111,8 +116,14 @@ class SpoolingArtifactRepository(ArtifactRepository):
             os.link(local_file, kept)
         except OSError:
             shutil.copy2(local_file, kept)
-        self.store.spool_record({"run_id": self.run_id, "artifact": str(kept), "artifact_path": artifact_path,
-                           "artifact_uri": self.artifact_uri})
+        self.store.spool_record(
+            {
+                "run_id": self.run_id,
+                "artifact": str(kept),
+                "artifact_path": artifact_path,
+                "artifact_uri": self.artifact_uri,
+            }
+        )
 
     def log_artifacts(self, local_dir, artifact_path=None) -> None:
         for path in sorted(Path(local_dir).rglob("*")):
@@ -162,9 +173,15 @@ def spooled_writes(uri: str, run_dir: Path, flush_timeout_s: float) -> Iterator[
         left = flusher.close(flush_timeout_s)
         spool.release()
         if left:
-            log.warning("%d logging records could not reach %s within %.0f s; they are kept in %s: "
-                        "run `hpcsweep sync %s` once the server is back", left, redact(uri), flush_timeout_s,
-                        spool.path, run_dir)
+            log.warning(
+                "%d logging records could not reach %s within %.0f s; they are kept in %s: "
+                "run `hpcsweep sync %s` once the server is back",
+                left,
+                redact(uri),
+                flush_timeout_s,
+                spool.path,
+                run_dir,
+            )
 
 
 def use_store_builder(builder) -> None:

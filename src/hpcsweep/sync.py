@@ -25,8 +25,11 @@ class SyncOutcome:
     def line(self) -> str:
         if not self.sent and not self.left and not self.problem:
             return f"{self.folder}: nothing to send"
-        return (f"{self.folder}: sent {self.sent} records" + (f", {self.left} left" if self.left else "")
-                + (f": {self.problem}" if self.problem else ""))
+        return (
+            f"{self.folder}: sent {self.sent} records"
+            + (f", {self.left} left" if self.left else "")
+            + (f": {self.problem}" if self.problem else "")
+        )
 
 
 def sync_spools(path: Path, uri: str | None = None) -> list[SyncOutcome]:

@@ -56,6 +56,7 @@ def logged_params(config: Config) -> dict[str, object]:
 
 def git_commit() -> str:
     """The checked-out commit, with `-dirty` when the work tree differs from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -138,8 +139,12 @@ def log_missing_params(run_id: str, params: dict[str, object]) -> None:
 
 
 def run_tags(config: Config) -> dict[str, str]:
-    tags = {"config_hash": config.hash, "git_commit": git_commit(),
-            "data_md5": data_md5(Path(config.data.prepared_dir)), "host": socket.gethostname()}
+    tags = {
+        "config_hash": config.hash,
+        "git_commit": git_commit(),
+        "data_md5": data_md5(Path(config.data.prepared_dir)),
+        "host": socket.gethostname(),
+    }
     for tag, variables in SLURM_TAGS.items():
         value = next((os.environ[v] for v in variables if v in os.environ), None)
         if value is not None:

@@ -81,11 +81,19 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback]) ->
     train = config.train
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True)
     return L.Trainer(
-        accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
-        strategy=strategy_for(config), precision=train.precision, max_epochs=train.max_epochs,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy=strategy_for(config),
+        precision=train.precision,
+        max_epochs=train.max_epochs,
         callbacks=[checkpoints, *callbacks],
-        default_root_dir=run_dir, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=False,
+        default_root_dir=run_dir,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
     )
 
 
@@ -93,8 +101,10 @@ def check_enough_data(config: Config) -> None:
     stats = json.loads((Path(config.data.prepared_dir) / "stats.json").read_text())
     available = min(stats["images"]["train"], config.train.limit_train_samples or stats["images"]["train"])
     if available < config.train.batch_size:
-        raise UserError(f"train.batch_size={config.train.batch_size} is larger than the {available} training "
-                        f"images (limit_train_samples={config.train.limit_train_samples}): no step could be taken")
+        raise UserError(
+            f"train.batch_size={config.train.batch_size} is larger than the {available} training "
+            f"images (limit_train_samples={config.train.limit_train_samples}): no step could be taken"
+        )
 
 
 def quiet_known_warnings() -> None:
@@ -147,14 +157,18 @@ def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int) -> Tr
     monitor = tracking.node_monitor(config, run_id)
     efficiency = EfficiencyMetrics(config.train.target_accuracy)
     trainer = build_trainer(config, run_dir, [efficiency, DataCoverage()])
-    datamodule = CIFAR10DataModule(config.data.prepared_dir, loader=config.data.loader, batch_size=per_rank,
-                                   seed=config.train.seed, limit_train_samples=config.train.limit_train_samples)
+    datamodule = CIFAR10DataModule(
+        config.data.prepared_dir,
+        loader=config.data.loader,
+        batch_size=per_rank,
+        seed=config.train.seed,
+        limit_train_samples=config.train.limit_train_samples,
+    )
     module = ResNetModule.from_config(config.train)
     status = "FAILED"
     started = time.time()
     try:
-        trainer.fit(module, datamodule=datamodule,
-                    ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         # SLURM's SIGUSR1: Lightning saved an hpc checkpoint and requeued the job, which is
@@ -170,21 +184,30 @@ def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int) -> Tr
     return result
 
 
-def collect_result(run_id, status: str, trainer: L.Trainer, module: ResNetModule,
-                   efficiency: EfficiencyMetrics) -> TrainResult:
+def collect_result(
+    run_id, status: str, trainer: L.Trainer, module: ResNetModule, efficiency: EfficiencyMetrics
+) -> TrainResult:
     def metric(name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
         return float(value) if value is not None else None
 
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     return TrainResult(
-        run_id=run_id, status=status, epochs=trainer.current_epoch, steps=trainer.global_step, val_acc=metric("val/acc"),
-        best_val_acc=float(best) if best is not None else None, val_loss=metric("val/loss"),
-        train_loss=metric("train/loss"), total_time_s=efficiency.total_time_s,
-        time_to_target_s=efficiency.time_to_target_s, effective_batch_size=module.config.batch_size,
+        run_id=run_id,
+        status=status,
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        val_acc=metric("val/acc"),
+        best_val_acc=float(best) if best is not None else None,
+        val_loss=metric("val/loss"),
+        train_loss=metric("train/loss"),
+        total_time_s=efficiency.total_time_s,
+        time_to_target_s=efficiency.time_to_target_s,
+        effective_batch_size=module.config.batch_size,
         micro_batch_size=module.micro_batch_size,
         accumulate_grad_batches=module.accumulate_grad_batches if module.micro_batch_size else None,
-        oom_retries=module.oom_retries, probe_time_s=module.probe.probe_time_s if module.probe else None,
+        oom_retries=module.oom_retries,
+        probe_time_s=module.probe.probe_time_s if module.probe else None,
         step_memory_mb=module.probe.step_memory_mb if module.probe else None,
         probe_min_micro_batch_size=module.probe_spread[0] if module.probe_spread else None,
         probe_max_micro_batch_size=module.probe_spread[1] if module.probe_spread else None,
@@ -192,9 +215,13 @@ def collect_result(run_id, status: str, trainer: L.Trainer, module: ResNetModule
 
 
 def final_metrics(result: TrainResult) -> dict[str, float]:
-    figures = {"total_time_s": result.total_time_s, "best_val_acc": result.best_val_acc,
-               "effective_batch_size": result.effective_batch_size, "probe_time_s": result.probe_time_s,
-               "step_memory_mb": result.step_memory_mb,
-               "probe_min_micro_batch_size": result.probe_min_micro_batch_size,
-               "probe_max_micro_batch_size": result.probe_max_micro_batch_size}
+    figures = {
+        "total_time_s": result.total_time_s,
+        "best_val_acc": result.best_val_acc,
+        "effective_batch_size": result.effective_batch_size,
+        "probe_time_s": result.probe_time_s,
+        "step_memory_mb": result.step_memory_mb,
+        "probe_min_micro_batch_size": result.probe_min_micro_batch_size,
+        "probe_max_micro_batch_size": result.probe_max_micro_batch_size,
+    }
     return {name: float(value) for name, value in figures.items() if value is not None}

@@ -142,7 +142,9 @@ def import_archive(archive: Path, out_dir: Path) -> Path:
     with atomic_file(destination) as temporary:
         shutil.copyfile(archive, temporary)
     counts = "+".join(str(len(split.labels)) for split in splits.values())
-    print(f"imported {archive} -> {destination}: structure checked ({counts} images), md5 not checked (a local archive)")
+    print(
+        f"imported {archive} -> {destination}: structure checked ({counts} images), md5 not checked (a local archive)"
+    )
     return destination
 
 

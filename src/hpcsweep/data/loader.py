@@ -62,8 +62,19 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 class DeviceLoader:
     """Batches of (normalised float images, labels), drawn from tensors already on the device."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float], *,
-                 batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: list[float],
+        std: list[float],
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.images, self.labels = images, labels
         device = images.device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
@@ -138,8 +149,16 @@ class TorchvisionSplit(Dataset):
 class CIFAR10DataModule(L.LightningDataModule):
     """Prepared CIFAR-10 as Lightning dataloaders, on the device or through torchvision."""
 
-    def __init__(self, prepared_dir: str, *, loader: str, batch_size: int, seed: int,
-                 limit_train_samples: int | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        prepared_dir: str,
+        *,
+        loader: str,
+        batch_size: int,
+        seed: int,
+        limit_train_samples: int | None = None,
+        workers: int = 2,
+    ) -> None:
         """`batch_size` is this rank's share of the effective batch; the module splits it into micro-batches."""
         super().__init__()
         self.prepared_dir, self.loader, self.seed = Path(prepared_dir), loader, seed
@@ -153,14 +172,29 @@ class CIFAR10DataModule(L.LightningDataModule):
     def device_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DeviceLoader:
         device = self.trainer.strategy.root_device
         images, labels = (t.to(device) for t in split)
-        return DeviceLoader(images, labels, self.mean, self.std, batch_size=self.batch_size, train=train,
-                            seed=self.seed, rank=self.trainer.global_rank, world_size=self.trainer.world_size)
+        return DeviceLoader(
+            images,
+            labels,
+            self.mean,
+            self.std,
+            batch_size=self.batch_size,
+            train=train,
+            seed=self.seed,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
 
     def torchvision_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DataLoader:
         dataset = TorchvisionSplit(*split, self.mean, self.std, train)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
-                          num_workers=self.workers, persistent_workers=self.workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self):
         if self.loader == "torchvision":

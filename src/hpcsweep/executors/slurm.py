@@ -25,11 +25,46 @@ from hpcsweep.errors import UserError
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
 # (nodes, ntasks-per-node, time, ...) are not among them, so they cannot contradict it
 EXTRA_OPTIONS = (
-    "account", "begin", "comment", "constraint", "cluster-constraint", "clusters", "contiguous", "core-spec",
-    "cores-per-socket", "dependency", "exclude", "exclusive", "gpu-bind", "gpu-freq", "gres", "gres-flags", "hint",
-    "licenses", "mail-type", "mail-user", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice",
-    "nodelist", "power", "prefer", "priority", "profile", "propagate", "reservation", "sockets-per-node",
-    "switches", "thread-spec", "threads-per-core", "tmp", "uid", "wckey",
+    "account",
+    "begin",
+    "comment",
+    "constraint",
+    "cluster-constraint",
+    "clusters",
+    "contiguous",
+    "core-spec",
+    "cores-per-socket",
+    "dependency",
+    "exclude",
+    "exclusive",
+    "gpu-bind",
+    "gpu-freq",
+    "gres",
+    "gres-flags",
+    "hint",
+    "licenses",
+    "mail-type",
+    "mail-user",
+    "mem-bind",
+    "mem-per-cpu",
+    "mem-per-gpu",
+    "mincpus",
+    "network",
+    "nice",
+    "nodelist",
+    "power",
+    "prefer",
+    "priority",
+    "profile",
+    "propagate",
+    "reservation",
+    "sockets-per-node",
+    "switches",
+    "thread-spec",
+    "threads-per-core",
+    "tmp",
+    "uid",
+    "wckey",
 )
 
 DEFAULT_TEMPLATE = """#!/bin/bash
@@ -74,17 +109,30 @@ class JobSpec:
 def check_extra_options(extra: dict[str, str | int]) -> None:
     for option in extra:
         if option not in EXTRA_OPTIONS:
-            raise UserError(f"slurm.extra: unknown or config-controlled option {option!r}; valid: "
-                            f"{', '.join(EXTRA_OPTIONS)} (nodes, tasks, gpus, time and memory come from the config)")
+            raise UserError(
+                f"slurm.extra: unknown or config-controlled option {option!r}; valid: "
+                f"{', '.join(EXTRA_OPTIONS)} (nodes, tasks, gpus, time and memory come from the config)"
+            )
 
 
 def directives(spec: JobSpec) -> list[str]:
     options = {
-        "job-name": spec.name, "array": f"0-{spec.array_size - 1}%{spec.max_parallel}", "nodes": spec.nodes,
-        "ntasks-per-node": spec.tasks_per_node, "cpus-per-task": spec.cpus_per_task, "mem": spec.mem,
-        "time": spec.time, "chdir": spec.workdir, "output": spec.log_dir / "%A_%a.out", "open-mode": "append",
-        "signal": "SIGUSR1@90", "gpus-per-node": spec.gpus_per_node, "partition": spec.partition,
-        "account": spec.account, "qos": spec.qos, **spec.extra,
+        "job-name": spec.name,
+        "array": f"0-{spec.array_size - 1}%{spec.max_parallel}",
+        "nodes": spec.nodes,
+        "ntasks-per-node": spec.tasks_per_node,
+        "cpus-per-task": spec.cpus_per_task,
+        "mem": spec.mem,
+        "time": spec.time,
+        "chdir": spec.workdir,
+        "output": spec.log_dir / "%A_%a.out",
+        "open-mode": "append",
+        "signal": "SIGUSR1@90",
+        "gpus-per-node": spec.gpus_per_node,
+        "partition": spec.partition,
+        "account": spec.account,
+        "qos": spec.qos,
+        **spec.extra,
     }
     lines = [f"#SBATCH --{name}={value}" for name, value in options.items() if value is not None]
     return [*lines, "#SBATCH --requeue"]
@@ -95,12 +143,15 @@ def render_job_script(spec: JobSpec, template: str = DEFAULT_TEMPLATE) -> str:
     check_extra_options(spec.extra)
     try:
         return Template(template).substitute(
-            directives="\n".join(directives(spec)), setup="\n".join(spec.setup),
+            directives="\n".join(directives(spec)),
+            setup="\n".join(spec.setup),
             command=" ".join(shlex.quote(part) for part in spec.command),
         )
     except (KeyError, ValueError) as error:
-        raise UserError(f"job template: unknown or malformed placeholder {error}; "
-                        f"valid: ${{directives}}, ${{setup}}, ${{command}} ($$ for a literal $)") from None
+        raise UserError(
+            f"job template: unknown or malformed placeholder {error}; "
+            f"valid: ${{directives}}, ${{setup}}, ${{command}} ($$ for a literal $)"
+        ) from None
 
 
 def require_sbatch() -> None:
@@ -110,8 +161,7 @@ def require_sbatch() -> None:
 
 def sbatch(script: Path, *options: str) -> str:
     """Run sbatch on the script; its own message when it refuses."""
-    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True,
-                          env=environment_for_jobs())
+    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True, env=environment_for_jobs())
     if done.returncode != 0:
         message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise UserError(f"sbatch refused {script}: {message}")
@@ -142,8 +192,9 @@ def queued_states(job_ids: list[str]) -> dict[str, str]:
     """States of the jobs still in the queue (pending, running, requeued, ...)."""
     if not job_ids:
         return {}
-    done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)], capture_output=True, text=True
+    )
     return parse_squeue(done.stdout) if done.returncode == 0 else {}
 
 
@@ -175,11 +226,17 @@ def finished_states(job_ids: list[str]) -> dict[str, str]:
     if jobcomp and Path(jobcomp).is_file():
         states.update(parse_jobcomp(Path(jobcomp).read_text()))
     if job_ids and shutil.which("sacct"):
-        done = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True
+        )
         if done.returncode == 0:
-            states.update({job: state.split()[0] for job, _, state in
-                           (line.partition("|") for line in done.stdout.splitlines()) if job})
+            states.update(
+                {
+                    job: state.split()[0]
+                    for job, _, state in (line.partition("|") for line in done.stdout.splitlines())
+                    if job
+                }
+            )
     return states
 
 

@@ -34,9 +34,7 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        conv3x3(in_channels, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(conv3x3(in_channels, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class ZeroPadShortcut(nn.Module):
@@ -71,9 +69,7 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut, ReLU after the sum (He et al. 2016, fig. 2)."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int, shortcut: ShortcutFactory
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: ShortcutFactory) -> None:
         super().__init__()
         self.residual = nn.Sequential(
             conv3x3(in_channels, out_channels, stride),
@@ -94,9 +90,7 @@ def basic_block_stages(
     """The blocks of all stages in order; each stage after the first halves the resolution."""
     blocks: list[nn.Module] = []
     in_channels = stage_widths[0]
-    for stage_index, (width, block_count) in enumerate(
-        zip(stage_widths, blocks_per_stage, strict=True)
-    ):
+    for stage_index, (width, block_count) in enumerate(zip(stage_widths, blocks_per_stage, strict=True)):
         for block_index in range(block_count):
             stride = 2 if stage_index > 0 and block_index == 0 else 1
             blocks.append(BasicBlock(in_channels, width, stride, shortcut))
