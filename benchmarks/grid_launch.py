@@ -23,11 +23,11 @@ from pathlib import Path
 
 import mlflow
 
-from hpcsweep import grid_runs
 from hpcsweep.config import parse_overrides
-from hpcsweep.executors.slurm import DEFAULT_TEMPLATE
-from hpcsweep.grid import load_grid
-from hpcsweep.launch import CLIENT_THREADS, LaunchOptions, launch
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.executors.slurm import DEFAULT_TEMPLATE
+from hpcsweep.grid.launch import CLIENT_THREADS, LaunchOptions, launch
+from hpcsweep.grid.spec import load_grid
 
 GRID = """name: launch-benchmark
 experiment: launch-benchmark

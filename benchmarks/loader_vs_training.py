@@ -6,7 +6,7 @@ numbers on both claims, on the machine it runs on, in one process, on the CPU:
 
   (a) the device-resident loader alone (train=True, batch 512), full epochs of the train split;
   (b) the torchvision DataLoader path (per-image transforms, batch 512, 2 workers), the same;
-  (c) a one-epoch training of resnet20 through `hpcsweep.train.train` (Lightning), batch 128,
+  (c) a one-epoch training of resnet20 through `hpcsweep.training.train.train` (Lightning), batch 128,
       read from the `train/images_per_s` metric it logs to MLflow (training steps only, no
       validation, no checkpointing);
   (d) a plain PyTorch loop (no Trainer) over the same model, loader, optimizer and schedule, on
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 from hpcsweep.config import Config, load_config
 from hpcsweep.data.loader import CIFAR10DataModule, DeviceLoader, load_split, load_stats
-from hpcsweep.module import ResNetModule
-from hpcsweep.optim import build_scheduler
-from hpcsweep.train import train
+from hpcsweep.training.module import ResNetModule
+from hpcsweep.training.optim import build_scheduler
+from hpcsweep.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADER_BATCH = 512

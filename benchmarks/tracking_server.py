@@ -16,7 +16,7 @@ Run by hand from the project root, on an otherwise idle machine (it prints the l
    first, is left out), and the failed calls. The repeats alternate the backends, so that a
    change in the machine's load falls on both.
 2. The share of a training's time spent in logging: resnet20 trained in this process by
-   `hpcsweep.train.train(config)` against the PostgreSQL + S3 server, on the real CIFAR-10 (built
+   `hpcsweep.training.train.train(config)` against the PostgreSQL + S3 server, on the real CIFAR-10 (built
    here from ../shared/data unless `--prepared-dir` is given), with the spool (as training always
    runs against a server) and with it switched off (`hpcsweep.tracking.spooled_writes` replaced by
    a null context, so every write goes over HTTP while training waits), `--train-repeats` times
@@ -262,8 +262,8 @@ def wrap_logging(timers: MainThreadTimers) -> None:
     from mlflow.store.tracking.rest_store import RestStore
     from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient
 
-    from hpcsweep.spool_sender import Flusher
-    from hpcsweep.spool_store import SpoolingArtifactRepository, SpoolingStore
+    from hpcsweep.tracking.sender import Flusher
+    from hpcsweep.tracking.store import SpoolingArtifactRepository, SpoolingStore
 
     writes = ("log_batch", "log_metric", "log_param", "set_tag", "update_run_info")
     for name in writes:
@@ -312,10 +312,10 @@ def prepare_data(folder: Path) -> Path:
 def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides: list[str]) -> dict:
     import mlflow
 
-    from hpcsweep import tracking
     from hpcsweep.config import load_config
-    from hpcsweep.spool_store import SUPPRESS_URL
-    from hpcsweep.train import train
+    from hpcsweep.tracking import run as tracking
+    from hpcsweep.tracking.store import SUPPRESS_URL
+    from hpcsweep.training.train import train
 
     mode = "spool" if spool else "no-spool"
     config = load_config(

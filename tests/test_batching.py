@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from hpcsweep.batching import candidates, plan_batches, probe_micro_batch
 from hpcsweep.config import load_config
 from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
-from hpcsweep.module import ResNetModule, share_of_batch_loss
-from hpcsweep.train import train
+from hpcsweep.training.batching import candidates, plan_batches, probe_micro_batch
+from hpcsweep.training.module import ResNetModule, share_of_batch_loss
+from hpcsweep.training.train import train
 from synthetic import write_archive
 from test_train import QUICK, environment, overrides, runs_of
 

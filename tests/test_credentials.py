@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hpcsweep import credentials
 from hpcsweep.errors import UserError
+from hpcsweep.tracking import credentials
 
 
 @pytest.fixture

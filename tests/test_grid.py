@@ -15,8 +15,8 @@ import yaml
 
 from conftest import ROOT
 from hpcsweep.errors import UserError
-from hpcsweep.executors.slurm import JobSpec, render_job_script
-from hpcsweep.grid import expand, load_grid
+from hpcsweep.grid.executors.slurm import JobSpec, render_job_script
+from hpcsweep.grid.spec import expand, load_grid
 from test_train import environment
 
 ISSUE_EXAMPLE = {

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hpcsweep.errors import UserError
-from hpcsweep.optim import (
+from hpcsweep.training.optim import (
     LR_SCALINGS,
     OPTIMIZERS,
     SCHEDULERS,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hpcsweep.config import load_config
-from hpcsweep.train import train
+from hpcsweep.training.train import train
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

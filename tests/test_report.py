@@ -19,9 +19,11 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from hpcsweep import grid_runs, report, report_plots
 from hpcsweep.errors import UserError
-from hpcsweep.report import IDENTITY, RunRecord
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.report import plots as report_plots
+from hpcsweep.report import report
+from hpcsweep.report.report import IDENTITY, RunRecord
 from test_grid import grid_command, write_grid
 from test_train import environment
 

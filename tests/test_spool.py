@@ -8,8 +8,8 @@ import json
 import mlflow
 import pytest
 
-from hpcsweep.spool import SPOOL_FILE, Spool, find_spools
-from hpcsweep.spool_sender import MAX_METRICS, records_in_next_request, send_unsent
+from hpcsweep.tracking.sender import MAX_METRICS, records_in_next_request, send_unsent
+from hpcsweep.tracking.spool import SPOOL_FILE, Spool, find_spools
 
 
 def batch(run_id: str, metrics=(), params=(), tags=()) -> dict:

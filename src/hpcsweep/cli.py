@@ -47,7 +47,7 @@ def config_options(command):
     @functools.wraps(command)
     def wrapper(params: str, overrides: tuple[str, ...], **kwargs):
         from hpcsweep.config import load_config
-        from hpcsweep.credentials import load_secrets
+        from hpcsweep.tracking.credentials import load_secrets
 
         config = load_config(params, overrides)
         load_secrets(config.tracking.secrets_file)
@@ -104,8 +104,8 @@ def prepare(config, raw: Path | None, out: Path | None) -> None:
 @config_options
 def train(config, metrics_out: Path | None) -> None:
     """Train a ResNet on the prepared CIFAR-10 into one MLflow run (resumes an interrupted one)."""
-    from hpcsweep.tracking import global_rank
-    from hpcsweep.train import train as run_training
+    from hpcsweep.tracking.run import global_rank
+    from hpcsweep.training.train import train as run_training
 
     result = run_training(config)
     if global_rank() == 0:
@@ -153,10 +153,10 @@ def grid(
     import sys
 
     from hpcsweep.config import parse_overrides
-    from hpcsweep.credentials import load_secrets
-    from hpcsweep.executors.slurm import DEFAULT_TEMPLATE
-    from hpcsweep.grid import load_grid
-    from hpcsweep.launch import LaunchOptions, launch
+    from hpcsweep.grid.executors.slurm import DEFAULT_TEMPLATE
+    from hpcsweep.grid.launch import LaunchOptions, launch
+    from hpcsweep.grid.spec import load_grid
+    from hpcsweep.tracking.credentials import load_secrets
 
     loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
     load_secrets(loaded.points[0].config.tracking.secrets_file)
@@ -175,8 +175,8 @@ def grid(
 def tracking_client(config):
     import mlflow
 
-    from hpcsweep.launch import absolute_uri
-    from hpcsweep.tracking import tracking_uri
+    from hpcsweep.grid.launch import absolute_uri
+    from hpcsweep.tracking.run import tracking_uri
 
     return mlflow.MlflowClient(absolute_uri(tracking_uri(config)))
 
@@ -186,7 +186,7 @@ def tracking_client(config):
 @config_options
 def status(config, gridname: str) -> None:
     """One row per point of grid GRIDNAME: MLflow status, SLURM state, last val/acc."""
-    from hpcsweep.grid_status import status_rows, summary
+    from hpcsweep.grid.status import status_rows, summary
 
     rows = status_rows(tracking_client(config), gridname)
     click.echo(f"{'run':<10} {'slurm':<14} {'val/acc':>7}  {'run id':<32}  point")
@@ -200,7 +200,7 @@ def status(config, gridname: str) -> None:
 @config_options
 def cancel(config, gridname: str) -> None:
     """scancel the job arrays of grid GRIDNAME and mark its scheduled and running runs KILLED."""
-    from hpcsweep.grid_status import cancel_grid
+    from hpcsweep.grid.status import cancel_grid
 
     killed = cancel_grid(tracking_client(config), gridname)
     click.echo(f"{gridname}: cancelled; {len(killed)} runs marked KILLED")
@@ -215,8 +215,8 @@ def run_point(points_file: Path, index: int) -> None:
     import os
 
     from hpcsweep.config import config_from_dict
-    from hpcsweep.credentials import load_secrets
-    from hpcsweep.train import train as run_training
+    from hpcsweep.tracking.credentials import load_secrets
+    from hpcsweep.training.train import train as run_training
 
     entries = json.loads(points_file.read_text())["points"]
     if not 0 <= index < len(entries):
@@ -236,8 +236,8 @@ def run_point(points_file: Path, index: int) -> None:
 def mark_failed_if_unfinished(config, run_id: str | None) -> None:
     """A point that dies before training opens its run (bad data, a probe that cannot fit) must
     not stay SCHEDULED forever: the next launch resubmits FAILED points."""
-    from hpcsweep import grid_runs
-    from hpcsweep.tracking import global_rank
+    from hpcsweep.grid import runs as grid_runs
+    from hpcsweep.tracking.run import global_rank
 
     if run_id and global_rank() == 0:
         client = tracking_client(config)
@@ -263,7 +263,7 @@ def mark_failed_if_unfinished(config, run_id: str | None) -> None:
 @config_options
 def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
     """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
-    from hpcsweep.report import build_report
+    from hpcsweep.report.report import build_report
 
     if not experiment and not grid_name:
         experiment = config.tracking.experiment
@@ -294,7 +294,7 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
 @config_options
 def server(config, backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts, auth) -> None:
     """Check the database, the bucket and the port, then run the shared MLflow tracking server."""
-    from hpcsweep.server import ServerOptions, serve
+    from hpcsweep.tracking.server import ServerOptions, serve
 
     tracking = config.tracking
     serve(
@@ -318,7 +318,7 @@ def server(config, backend_store_uri, artifacts_destination, host, port, workers
 def sync(config, path: Path | None, tracking_uri: str | None) -> None:
     """Send what trainings could not log while the server was away (spools under PATH
     [tracking.checkpoint_dir]); what the server already has is never sent again."""
-    from hpcsweep.sync import sync_spools
+    from hpcsweep.tracking.sync import sync_spools
 
     outcomes = sync_spools(path or Path(config.tracking.checkpoint_dir), tracking_uri)
     for outcome in outcomes:

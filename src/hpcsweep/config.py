@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import yaml
 
-from hpcsweep.batching import per_rank_batch_size, plan_batches
 from hpcsweep.errors import UserError
 from hpcsweep.models import MODEL_NAMES
-from hpcsweep.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
+from hpcsweep.training.batching import per_rank_batch_size, plan_batches
+from hpcsweep.training.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
 
 DEFAULT_PARAMS = Path("params.yaml")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")

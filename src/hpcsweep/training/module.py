@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from hpcsweep.batching import Probe, divisors, probe_micro_batch
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
-from hpcsweep.optim import build_optimizer, build_scheduler, parameter_groups, scaled_lr
+from hpcsweep.training.batching import Probe, divisors, probe_micro_batch
+from hpcsweep.training.optim import build_optimizer, build_scheduler, parameter_groups, scaled_lr
 
 NUM_CLASSES = 10
 

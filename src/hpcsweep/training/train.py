@@ -21,15 +21,15 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
-from hpcsweep import tracking
 from hpcsweep.atomic import atomic_file
-from hpcsweep.batching import per_rank_batch_size
 from hpcsweep.config import Config
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
-from hpcsweep.efficiency import EfficiencyMetrics
 from hpcsweep.errors import UserError
-from hpcsweep.module import ResNetModule
+from hpcsweep.tracking import run as tracking
+from hpcsweep.training.batching import per_rank_batch_size
+from hpcsweep.training.efficiency import EfficiencyMetrics
+from hpcsweep.training.module import ResNetModule
 
 LAST_CHECKPOINT = "last.ckpt"
 

@@ -22,7 +22,7 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-from hpcsweep.spool import Spool
+from hpcsweep.tracking.spool import Spool
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 UPDATE_RUN = "/api/2.0/mlflow/runs/update"

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hpcsweep.credentials import redact
 from hpcsweep.errors import UserError
+from hpcsweep.tracking.credentials import redact
 
 CONNECT_TIMEOUT_S = 5
 

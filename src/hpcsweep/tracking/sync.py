@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from hpcsweep.credentials import redact
-from hpcsweep.spool import Spool, find_spools
-from hpcsweep.spool_sender import ServerAway, send_unsent
+from hpcsweep.tracking.credentials import redact
+from hpcsweep.tracking.sender import ServerAway, send_unsent
+from hpcsweep.tracking.spool import Spool, find_spools
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from hpcsweep import spool_store
 from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config
+from hpcsweep.tracking import store as spool_store
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 RUN_STATE = "run.json"

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import mlflow
 
-from hpcsweep import grid_runs
 from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config
 from hpcsweep.errors import UserError
-from hpcsweep.executors import local, slurm
-from hpcsweep.grid import MAX_POINTS_WITHOUT_YES, Grid, Point
-from hpcsweep.tracking import DEFAULT_URI, tracking_uri
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.executors import local, slurm
+from hpcsweep.grid.spec import MAX_POINTS_WITHOUT_YES, Grid, Point
+from hpcsweep.tracking.run import DEFAULT_URI, tracking_uri
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16

@@ -15,8 +15,8 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from hpcsweep.grid import Grid, Point
-from hpcsweep.tracking import logged_params
+from hpcsweep.grid.spec import Grid, Point
+from hpcsweep.tracking.run import logged_params
 
 ROLE = "hpcsweep.role"
 ACTIVE = ("SCHEDULED", "RUNNING")

@@ -28,10 +28,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from hpcsweep import grid_runs, report_plots
 from hpcsweep.atomic import atomic_dir
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.report import plots as report_plots
 
 # A configuration is what a run computes apart from its seed: the config keys, as `logged_params`
 # logs them. Autologging adds params of its own (optimizer_name, betas, ...) that a run which died

@@ -33,9 +33,9 @@ from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking._tracking_service.utils import _artifact_repos_cache, _get_rest_store, _tracking_store_registry
 from mlflow.utils.credentials import get_default_host_creds
 
-from hpcsweep.credentials import redact
-from hpcsweep.spool import Spool
-from hpcsweep.spool_sender import Flusher
+from hpcsweep.tracking.credentials import redact
+from hpcsweep.tracking.sender import Flusher
+from hpcsweep.tracking.spool import Spool
 
 HTTP_SCHEMES = ("http", "https")
 SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from hpcsweep.credentials import environment_for_jobs
 from hpcsweep.errors import UserError
+from hpcsweep.tracking.credentials import environment_for_jobs
 
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
 # (nodes, ntasks-per-node, time, ...) are not among them, so they cannot contradict it

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import mlflow
 
-from hpcsweep import grid_runs
 from hpcsweep.errors import UserError
-from hpcsweep.executors import slurm
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.executors import slurm
 
 
 @dataclass(frozen=True)

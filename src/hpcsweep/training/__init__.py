@@ -1,0 +1,1 @@
+"""One training: the Lightning module, micro-batching, optimizers and schedules, efficiency figures."""
