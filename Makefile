@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup postgresql run test lint clean
+.PHONY: setup postgresql run test test-fast lint clean
 
 setup: $(INSTALLED)
 
@@ -21,7 +21,7 @@ $(INSTALLED): pyproject.toml
 	$(MAKE) --no-print-directory postgresql
 	touch $@
 
-# tests/services.py starts a throwaway PostgreSQL with initdb + pg_ctl, which come from the system,
+# tests/helpers/services.py starts a throwaway PostgreSQL with initdb + pg_ctl, which come from the system,
 # not PyPI. Debian keeps them off PATH in /usr/lib/postgresql/N/bin, so look there too before
 # installing; only root can apt-get, anyone else is told what to run (the server tests skip until then).
 postgresql:
@@ -42,6 +42,10 @@ run: $(INSTALLED)
 # lint and formatting first (seconds), then every test but the GPU ones
 test: lint
 	python -m pytest -m "not gpu"
+
+# the unit tests only (under 2 minutes): no training, server, cluster, GPU or real data
+test-fast: $(INSTALLED)
+	python -m pytest -m "not slow and not slurm and not server and not gpu and not realdata"
 
 lint: $(INSTALLED)
 	ruff check .

@@ -25,7 +25,7 @@ import mlflow
 
 from hpcsweep.config import parse_overrides
 from hpcsweep.grid import runs as grid_runs
-from hpcsweep.grid.executors.slurm import DEFAULT_TEMPLATE
+from hpcsweep.grid.executors.slurm import SlurmExecutor
 from hpcsweep.grid.launch import CLIENT_THREADS, LaunchOptions, launch
 from hpcsweep.grid.spec import load_grid
 
@@ -46,7 +46,7 @@ def time_dry_run(folder: Path, repeats: int = 3) -> tuple[float, int, int]:
     for _ in range(repeats):
         started = time.perf_counter()
         grid = load_grid(grid_file, Path("params.yaml"), parse_overrides([]))
-        launched = launch(grid, LaunchOptions(executor="slurm", dry_run=True, template=DEFAULT_TEMPLATE))
+        launched = launch(grid, LaunchOptions(executor=SlurmExecutor(), dry_run=True))
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds), len(grid.points), len(list(launched.glob("job-*.sbatch")))
 

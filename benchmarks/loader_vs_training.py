@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from hpcsweep.config import Config, load_config
 from hpcsweep.data.loader import CIFAR10DataModule, DeviceLoader, load_split, load_stats
 from hpcsweep.training.module import ResNetModule
-from hpcsweep.training.optim import build_scheduler
+from hpcsweep.training.schedules import build_scheduler
 from hpcsweep.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ Run by hand from the project root, on an otherwise idle machine (it prints the l
 1. Logging throughput and latency, PostgreSQL + S3 against SQLite. Two `hpcsweep server`s (2
    workers each) run side by side: one on PostgreSQL + SeaweedFS, assembled exactly as the
    tests' `shared_server` fixture does, one on a SQLite file with a local artifact folder. For
-   1, 8 and 32 concurrent clients, tests/logging_load.py runs as a subprocess against each (a
+   1, 8 and 32 concurrent clients, tests/helpers/logging_load.py runs as a subprocess against each (a
    fresh experiment each time, `--no-retries` so that a failed call is counted, not hidden by
    MLflow's retries): every client creates a run, logs its params, then one log_batch per epoch.
    Reported per cell, as the median of `--repeats` loads: metric points/s (points accepted /
@@ -18,7 +18,7 @@ Run by hand from the project root, on an otherwise idle machine (it prints the l
 2. The share of a training's time spent in logging: resnet20 trained in this process by
    `hpcsweep.training.train.train(config)` against the PostgreSQL + S3 server, on the real CIFAR-10 (built
    here from ../shared/data unless `--prepared-dir` is given), with the spool (as training always
-   runs against a server) and with it switched off (`hpcsweep.tracking.spooled_writes` replaced by
+   runs against a server) and with it switched off (`hpcsweep.tracking.store.spooled_writes` replaced by
    a null context, so every write goes over HTTP while training waits), `--train-repeats` times
    each, alternating which goes first; medians are reported. Timers wrap,
    in this benchmark only, every place the training thread can spend time logging, and count
@@ -57,8 +57,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' real services: postgres, seaweedfs, HpcsweepServer
 
-from conftest import ARTIFACT_BUCKET, S3_KEYS, SHARED_DATA, server_environment  # noqa: E402
-from services import HpcsweepServer, postgres, seaweedfs  # noqa: E402
+from helpers.project import SHARED_DATA  # noqa: E402
+from helpers.services import (  # noqa: E402
+    ARTIFACT_BUCKET,
+    S3_KEYS,
+    HpcsweepServer,
+    postgres,
+    seaweedfs,
+    server_environment,
+)
 
 CLIENT_COUNTS = (1, 8, 32)
 BACKENDS = ("postgresql+s3", "sqlite")
@@ -128,14 +135,14 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> dict:
-    """One run of tests/logging_load.py; its figures."""
+    """One run of tests/helpers/logging_load.py; its figures."""
     experiment = f"bench-{clients}-{uuid.uuid4().hex[:8]}"
     scratch = folder / experiment
     scratch.mkdir(parents=True)
     out = scratch / "result.json"
     command = [
         sys.executable,
-        str(ROOT / "tests" / "logging_load.py"),
+        str(ROOT / "tests" / "helpers" / "logging_load.py"),
         uri,
         "--clients",
         str(clients),
@@ -263,14 +270,14 @@ def wrap_logging(timers: MainThreadTimers) -> None:
     from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient
 
     from hpcsweep.tracking.sender import Flusher
-    from hpcsweep.tracking.store import SpoolingArtifactRepository, SpoolingStore
+    from hpcsweep.tracking.store import ActiveSpool, SpoolingArtifactRepository, SpoolingStore
 
     writes = ("log_batch", "log_metric", "log_param", "set_tag", "update_run_info")
     for name in writes:
         timers.wrap(RestStore, name, "log calls")
         timers.wrap(SpoolingStore, name, "log calls")
     # the one method every spooled write ends in
-    timers.wrap(SpoolingStore, "spool_record", "log calls")
+    timers.wrap(ActiveSpool, "append", "log calls")
     timers.wrap(SpoolingArtifactRepository, "log_artifact", "log calls")
     timers.wrap(HttpArtifactRepository, "log_artifact", "log calls")
     timers.wrap(MlflowAutologgingQueueingClient, "flush", "log calls")
@@ -313,7 +320,7 @@ def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides:
     import mlflow
 
     from hpcsweep.config import load_config
-    from hpcsweep.tracking import run as tracking
+    from hpcsweep.tracking import store
     from hpcsweep.tracking.store import SUPPRESS_URL
     from hpcsweep.training.train import train
 
@@ -329,10 +336,10 @@ def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides:
         ],
     )
     timers = MainThreadTimers()
-    original_spooled_writes = tracking.spooled_writes
+    original_spooled_writes = store.spooled_writes
     suppress_url = os.environ.get(SUPPRESS_URL)
     if not spool:
-        tracking.spooled_writes = lambda config, run_dir: contextlib.nullcontext()
+        store.spooled_writes = lambda uri, run_dir, flush_timeout_s: contextlib.nullcontext(uri)
         # as the spool does: else end_run reads the run back to print its URL, a request the spool saves
         os.environ[SUPPRESS_URL] = "true"
     wrap_logging(timers)
@@ -342,7 +349,7 @@ def one_training(uri: str, prepared: Path, folder: Path, spool: bool, overrides:
         total_s = time.perf_counter() - started
     finally:
         timers.restore()
-        tracking.spooled_writes = original_spooled_writes
+        store.spooled_writes = original_spooled_writes
         if suppress_url is None:
             os.environ.pop(SUPPRESS_URL, None)
         else:
@@ -495,7 +502,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except BaseException as error:  # a service that cannot start raises pytest's Skipped (tests/services.py)
+    except BaseException as error:  # a service that cannot start raises pytest's Skipped (tests/helpers/services.py)
         if type(error).__name__ == "Skipped":
             sys.exit(f"a service did not start: {error}")
         raise

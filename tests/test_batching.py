@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.runs import QUICK, environment, overrides, runs_of
+from helpers.synthetic import write_archive
 from hpcsweep.config import load_config
 from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
-from hpcsweep.training.batching import candidates, plan_batches, probe_micro_batch
+from hpcsweep.training.batch_plan import plan_batches
 from hpcsweep.training.module import ResNetModule, share_of_batch_loss
+from hpcsweep.training.probe import candidates, probe_micro_batch
 from hpcsweep.training.train import train
-from synthetic import write_archive
-from test_train import QUICK, environment, overrides, runs_of
 
 torch.manual_seed(0)
 
@@ -203,6 +204,7 @@ def test_bad_batch_values_name_what_would_work(assignments, expected, project):
     assert expected in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_memory_limit_below_micro_batch_one_exits_with_one_line(prepared, tmp_path):
     project = prepared.parent.parent
     done = subprocess.run(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
 from hpcsweep.config import TrainConfig, load_config
 from hpcsweep.errors import UserError
 
@@ -66,8 +69,20 @@ def test_hash_ignores_key_order_and_paths_but_not_training_values(tmp_path):
         ("optimizr=adam", "-s: unknown key train.optimizr; valid: model, optimizer, lr"),
         ("bogus.key=1", "-s bogus.key: unknown section 'bogus'; valid: data, train, tracking, slurm"),
         ("optimizer=adamm", "-s: train.optimizer='adamm': valid: sgd, adam, adamw, rmsprop, adagrad, lars, lamb"),
-        ("model=resnet7", "-s: train.model='resnet7': valid: "),
+        (
+            "model=resnet7",
+            "-s: train.model='resnet7': valid: resnet110, resnet18, resnet20, resnet32, resnet34, resnet44, "
+            "resnet56, resnet9",
+        ),
+        ("scheduler=linear", "-s: train.scheduler='linear': valid: onecycle, cosine, step, constant"),
+        ("lr_scaling=quadratic", "-s: train.lr_scaling='quadratic': valid: linear, sqrt, none"),
         ("lr=-0.1", "-s: train.lr=-0.1: must be > 0"),
+        ("lr=0", "-s: train.lr=0: must be > 0"),
+        ("momentum=-0.1", "-s: train.momentum=-0.1: must be >= 0"),
+        ("weight_decay=-0.0001", "-s: train.weight_decay=-0.0001: must be >= 0"),
+        ("base_batch_size=0", "-s: train.base_batch_size=0: must be >= 1"),
+        ("warmup_epochs=-1", "-s: train.warmup_epochs=-1: must be >= 0"),
+        ("max_epochs=0", "-s: train.max_epochs=0: must be >= 1"),
         ("lr=fast", "-s: train.lr='fast': expected a number"),
         ("momentum=1.0", "-s: train.momentum=1.0: must be < 1"),
         ("batch_size=0", "-s: train.batch_size=0: must be >= 1"),
@@ -149,7 +164,14 @@ BAD_TRAIN_VALUES = {
 
 CONTRADICTIONS = [
     (["warmup_epochs=2", "max_epochs=2"], "warmup_epochs=2.0 must be < max_epochs=2"),
-    (["nesterov=true", "optimizer=adam"], "nesterov=true needs optimizer=sgd and momentum > 0"),
+    (
+        ["nesterov=true", "optimizer=adam"],
+        "nesterov=true needs optimizer=sgd and momentum > 0 (got optimizer=adam, momentum=0.9)",
+    ),
+    (
+        ["nesterov=true", "momentum=0"],
+        "nesterov=true needs optimizer=sgd and momentum > 0 (got optimizer=sgd, momentum=0.0)",
+    ),
     (["devices=2"], "devices=2 x num_nodes=1 needs strategy=ddp"),
     (["strategy=ddp", "devices=3", "batch_size=128"], "batch_size=128 cannot be split over 3 ranks"),
     (["micro_batch_size=48", "batch_size=128"], "micro_batch_size=48 must divide the per-rank batch 128"),
@@ -168,3 +190,42 @@ def test_contradicting_keys_are_refused_before_training(assignments, expected):
     with pytest.raises(UserError) as error:
         load_config(PARAMS, assignments)
     assert expected in str(error.value)
+
+
+# Runs `hpcsweep ARGS...` in-process, then says on its last stdout line whether torch got imported.
+CLI_THEN_REPORT_TORCH = """
+import sys
+from hpcsweep.cli import main
+try:
+    main(sys.argv[1:], prog_name="hpcsweep")
+except SystemExit as exit:
+    code = exit.code
+print("torch imported:", "torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+def run_cli_reporting_torch(folder, *arguments):
+    return subprocess.run(
+        [sys.executable, "-c", CLI_THEN_REPORT_TORCH, *arguments], cwd=folder, capture_output=True, text=True
+    )
+
+
+def test_help_and_config_errors_answer_without_importing_torch(tmp_path):
+    """Importing torch takes seconds: --help, report --help and a mistyped -s key must not pay it."""
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+
+    for arguments, usage in [
+        (["--help"], "Usage: hpcsweep [OPTIONS]"),
+        (["report", "--help"], "Usage: hpcsweep report"),
+    ]:
+        answered = run_cli_reporting_torch(tmp_path, *arguments)
+        assert (answered.returncode, answered.stderr) == (0, ""), answered.stderr
+        assert answered.stdout.startswith(usage)
+        assert answered.stdout.splitlines()[-1] == "torch imported: False"
+
+    mistyped = run_cli_reporting_torch(tmp_path, "status", "somegrid", "-s", "bogus_key=1")
+    assert mistyped.returncode == 1, mistyped.stderr
+    assert mistyped.stderr.startswith("Error: -s: unknown key train.bogus_key; valid: model, optimizer, lr")
+    assert mistyped.stderr.count("\n") == 1  # one line, no traceback
+    assert mistyped.stdout == "torch imported: False\n"

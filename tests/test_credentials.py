@@ -19,12 +19,11 @@ def secrets_file(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
+def clean_environment():
     """No secret names set before a test; the environment exactly as it was after it."""
     saved = dict(os.environ)
     for name in credentials.KNOWN:
         os.environ.pop(name, None)
-    monkeypatch.setattr(credentials, "FROM_FILE", set())
     yield
     os.environ.clear()
     os.environ.update(saved)
@@ -32,7 +31,7 @@ def clean_environment(monkeypatch):
 
 def test_a_0600_file_sets_what_the_environment_lacks_and_the_environment_wins(secrets_file, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-from-environment")
-    credentials.load_secrets(str(secrets_file))
+    assert credentials.load_secrets(str(secrets_file)) == {"AWS_SECRET_ACCESS_KEY"}
     assert os.environ["AWS_ACCESS_KEY_ID"] == "key-from-environment"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
 
@@ -55,10 +54,29 @@ def test_a_name_nothing_reads_is_refused_naming_the_line(secrets_file):
 
 def test_what_came_from_the_file_is_not_handed_to_jobs(secrets_file, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
-    credentials.load_secrets(str(secrets_file))
-    for_jobs = credentials.environment_for_jobs()
+    from_file = credentials.load_secrets(str(secrets_file))
+    assert from_file == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for_jobs = credentials.environment_for_jobs(from_file)
     assert "AWS_SECRET_ACCESS_KEY" not in for_jobs and "AWS_ACCESS_KEY_ID" not in for_jobs
     assert for_jobs["MLFLOW_TRACKING_USERNAME"] == "alice"
+
+
+def test_sbatch_is_handed_the_environment_less_what_came_from_the_file(secrets_file, tmp_path, monkeypatch):
+    from hpcsweep.grid.executors.base import Batch, ExecutorSettings
+    from hpcsweep.grid.executors.slurm import SlurmExecutor
+
+    fake_sbatch = tmp_path / "bin" / "sbatch"
+    fake_sbatch.parent.mkdir()
+    fake_sbatch.write_text('#!/bin/sh\nenv > "$SEEN_ENVIRONMENT"\n')
+    fake_sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_sbatch.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SEEN_ENVIRONMENT", str(tmp_path / "seen"))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    executor = SlurmExecutor(ExecutorSettings(secrets_from_file=credentials.load_secrets(str(secrets_file))))
+    executor.test(Batch(0, "grid", [], tmp_path, script=tmp_path / "job-0.sbatch"))
+    seen = (tmp_path / "seen").read_text().splitlines()
+    assert "MLFLOW_TRACKING_USERNAME=alice" in seen
+    assert not [line for line in seen if line.startswith(("AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="))]
 
 
 def test_passwords_in_uris_are_redacted():

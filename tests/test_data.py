@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.synthetic import write_archive
 from hpcsweep.data.cifar10 import ARCHIVE_NAME, download, import_archive, read_archive
 from hpcsweep.data.prepare import prepare
 from hpcsweep.errors import UserError
-from synthetic import write_archive
 
 
 def test_import_validates_and_copies_byte_for_byte(synthetic_archive, tmp_path, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_project_sources
+from helpers.project import copy_project_sources
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +71,14 @@ def test_editing_the_prepare_source_reruns_prepare_but_not_download(repo):
         source.write("\n# touched\n")
     out = run(["dvc", "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
+
+
+def test_editing_the_report_code_leaves_training_up_to_date_and_training_code_does_not(repo):
+    run(["dvc", "repro", "train"], repo)
+    with open(repo / "src/hpcsweep/report/build.py", "a") as source:
+        source.write("\n# touched\n")
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "train"], repo)
+    assert "src/hpcsweep/report" in run(["dvc", "status", "report"], repo)
+    with open(repo / "src/hpcsweep/training/module.py", "a") as source:
+        source.write("\n# touched\n")
+    assert "src/hpcsweep/training" in run(["dvc", "status", "train"], repo)

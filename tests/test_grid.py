@@ -11,13 +11,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
+from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.slurm import JobSpec, render_job_script
 from hpcsweep.grid.spec import expand, load_grid
-from test_train import environment
 
 ISSUE_EXAMPLE = {
     "name": "optimizers",
@@ -28,13 +27,6 @@ ISSUE_EXAMPLE = {
     "exclude": [{"optimizer": "rmsprop", "batch_size": 1024}],
     "seeds": [0, 1, 2],
 }
-TINY = {"max_epochs": 1, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
-
-
-def write_grid(folder: Path, spec: dict, name: str = "grid.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 def test_variants_select_the_grid_points_they_agree_with_and_set_their_other_keys():
@@ -138,16 +130,6 @@ def test_unknown_extra_sbatch_options_and_bad_templates_are_refused():
     ok = JobSpec(**{**spec.__dict__, "extra": {}})
     with pytest.raises(UserError, match=r"unknown or malformed placeholder 'gpus'"):
         render_job_script(ok, "#!/bin/bash\n${directives}\n${gpus}\n")
-
-
-def grid_command(grid: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hpcsweep", "grid", str(grid), *extra]
-
-
-def point_runs(uri: str, grid_name: str) -> list:
-    client = mlflow.MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, f"tags.grid = '{grid_name}'")
 
 
 @pytest.mark.slow
@@ -256,6 +238,7 @@ def test_ctrl_c_kills_the_running_point_and_leaves_the_others_scheduled(prepared
     }
 
 
+@pytest.mark.slow
 def test_status_of_an_unknown_grid_is_a_clear_error(project, tracking_server):
     done = subprocess.run(
         [sys.executable, "-m", "hpcsweep", "status", "no-such-grid"],
@@ -267,6 +250,7 @@ def test_status_of_an_unknown_grid_is_a_clear_error(project, tracking_server):
     assert done.returncode == 1 and "no grid named 'no-such-grid'" in done.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking_server):
     project = prepared.parent.parent
     name = f"dry{os.getpid()}"

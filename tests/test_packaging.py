@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
 
 
 def test_conda_env_pins_the_same_versions_as_pyproject():
@@ -80,3 +80,36 @@ def test_mlproject_train_parameters_are_every_train_key_with_params_yaml_default
     for name, spec in entry["parameters"].items():
         assert yaml.safe_load(str(spec["default"])) == getattr(defaults, name), name
         assert f"-s {name}={{{name}}}" in entry["command"], name
+
+
+def test_no_private_mlflow_name_is_imported():
+    """MLflow is reached through its public doors only: its `_private` names move between releases."""
+    import ast
+
+    private = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow":
+                names = [alias.name for alias in node.names]
+                if any(part.startswith("_") for part in node.module.split(".") + names):
+                    private.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {names}")
+    assert private == []
+
+
+def test_spool_schemes_are_mlflow_plugins_that_load_before_mlflow():
+    """MLflow registers plugin entry points while it is itself being imported: a target module that
+    imported mlflow at its top would be found half-initialised and its scheme silently dropped."""
+    from importlib.metadata import entry_points
+
+    stores = {entry.name: entry.value for entry in entry_points(group="mlflow.tracking_store")}
+    repositories = {entry.name: entry.value for entry in entry_points(group="mlflow.artifact_repository")}
+    assert stores["spool+http"] == stores["spool+https"] == "hpcsweep.tracking.plugin:spooling_store"
+    assert repositories["spool+mlflow-artifacts"] == "hpcsweep.tracking.plugin:spooling_artifact_repository"
+    check = "import sys, hpcsweep.tracking.plugin; print('mlflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_every_source_module_is_short_enough_to_read_in_one_sitting():
+    lengths = {path: len(path.read_text().splitlines()) for path in (ROOT / "src").rglob("*.py")}
+    assert {str(path.relative_to(ROOT)): n for path, n in lengths.items() if n > 350} == {}

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
+from helpers.runs import environment, grid_command, write_grid
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.report import plots as report_plots
-from hpcsweep.report import report
-from hpcsweep.report.report import IDENTITY, RunRecord
-from test_grid import grid_command, write_grid
-from test_train import environment
+from hpcsweep.report.analysis import configuration_table, configurations, pareto_front, scaling_frame
+from hpcsweep.report.build import analyse, build_report, shareable, write_files
+from hpcsweep.report.records import IDENTITY, RunRecord, normalised
 
 TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
 FILES = {
@@ -92,7 +92,7 @@ def study(tmp_path_factory, synthetic_archive, tracking_server) -> dict:
 @pytest.fixture(scope="module")
 def built(study, tmp_path_factory) -> Path:
     client = mlflow.MlflowClient(study["uri"])
-    return report.build_report(client, tmp_path_factory.mktemp("out") / "report", grid=study["grid"])
+    return build_report(client, tmp_path_factory.mktemp("out") / "report", grid=study["grid"])
 
 
 def point_runs_by_optimizer(uri: str, grid: str) -> dict[str, list]:
@@ -191,7 +191,7 @@ def test_a_target_given_at_report_time_is_timed_from_the_val_acc_history(study, 
     expected = [
         sum(seconds[: next(i for i, a in enumerate(accuracy) if a >= target) + 1]) for accuracy, seconds in histories
     ]
-    out = report.build_report(
+    out = build_report(
         mlflow.MlflowClient(study["uri"]), tmp_path / "r", experiment=study["experiment"], target_accuracy=target
     )
     row = table_of(out).loc["sgd"]
@@ -228,6 +228,7 @@ def test_dvc_reads_the_summary_as_metrics_and_the_csv_files_as_plots(built, tmp_
     assert len(values) == 2 and {"gpu_hours", "val_acc", "configuration"} <= set(values[0])
 
 
+@pytest.mark.slow
 def test_unknown_experiments_and_grids_and_empty_experiments_are_one_line_errors(tracking_server, tmp_path):
     client = mlflow.MlflowClient(tracking_server)
     empty = f"empty{os.getpid()}"
@@ -242,11 +243,12 @@ def test_unknown_experiments_and_grids_and_empty_experiments_are_one_line_errors
     ]
     for arguments, expected in cases:
         with pytest.raises(UserError) as error:
-            report.build_report(client, tmp_path / "out", **arguments)
+            build_report(client, tmp_path / "out", **arguments)
         assert expected in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends_nothing(tracking_server, tmp_path):
     client = mlflow.MlflowClient(tracking_server)
     experiment = f"allfailed{os.getpid()}"
@@ -264,7 +266,7 @@ def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends
         }.items():
             client.log_param(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "FAILED")
-    out = report.build_report(client, tmp_path / "report", experiment=experiment)
+    out = build_report(client, tmp_path / "report", experiment=experiment)
     text = (out / "summary.md").read_text()
     assert "no configuration finished" in text and "Recommendation: none" in text
     assert pd.read_csv(out / "table.csv")["status"].tolist() == ["2 FAILED"]
@@ -280,8 +282,8 @@ def test_pareto_front_on_a_hand_checked_table():
         {"gpu_hours": [1.0, 2.0, 2.0, 3.0, 0.5, 4.0, 1.0], "val/acc": [0.80, 0.85, 0.84, 0.85, 0.70, 0.90, 0.80]}
     )
     # 2.0/0.84 loses to 2.0/0.85; 3.0/0.85 to 2.0/0.85; the twin 1.0/0.80 points do not beat each other
-    assert report.pareto_front(table).tolist() == [True, True, False, False, True, True, True]
-    assert report.pareto_front(table.iloc[:0]).tolist() == []
+    assert pareto_front(table).tolist() == [True, True, False, False, True, True, True]
+    assert pareto_front(table.iloc[:0]).tolist() == []
 
 
 def record(
@@ -323,8 +325,8 @@ def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged(
         record("d", "RUNNING", seed=3),
         record("e", accuracy=(0.3, 0.5), optimizer="adam"),
     ]
-    found, varying = report.configurations(records)
-    table = report.configuration_table(found, target=0.55).set_index("optimizer")
+    found, varying = configurations(records)
+    table = configuration_table(found, target=0.55).set_index("optimizer")
     sgd = table.loc["sgd"]
     assert varying == ["optimizer"] and sgd["status"] == "2 FINISHED, 1 FAILED, 1 RUNNING"
     assert (sgd["runs"], sgd["n_seeds"]) == (4, 2)
@@ -340,8 +342,8 @@ def test_scaling_compares_each_gpu_count_with_the_one_gpu_run_of_the_same_other_
         record("4", speed=200.0, devices=2, num_nodes=2, strategy="ddp"),
         record("x", speed=999.0, devices=2, strategy="ddp", optimizer="adam"),
     ]  # no 1-GPU adam: no baseline
-    found, varying = report.configurations(records)
-    frame = report.scaling_frame(report.configuration_table(found), varying)
+    found, varying = configurations(records)
+    frame = scaling_frame(configuration_table(found), varying)
     assert frame["gpus"].tolist() == [1, 2, 4] and set(frame["group"]) == {"optimizer=sgd"}
     assert frame["speedup"].tolist() == pytest.approx([1.0, 1.8, 2.0])
     assert frame["efficiency"].tolist() == pytest.approx([1.0, 0.9, 0.5])
@@ -354,8 +356,8 @@ def test_batch_size_and_scaling_plots_are_drawn_when_their_parameter_varies(tmp_
         for b in (128, 1024)
     ]
     records += [record("ddp", devices=4, strategy="ddp", speed=350.0, batch_size=128)]
-    analysed = report.analyse(records, "hand-made", "test", None)
-    report.write_files(analysed, tmp_path)
+    analysed = analyse(records, "hand-made", "test", None)
+    write_files(analysed, tmp_path)
     assert {"batch_size.png", "scaling.png"} <= {path.name for path in tmp_path.iterdir()}
     assert "Not drawn" not in (tmp_path / "index.html").read_text()
     assert report_plots.against_batch_size(analysed.table.iloc[:1], analysed.varying).skipped
@@ -378,7 +380,7 @@ def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best
         record(name, accuracy=(accuracy[name],), seconds=(hours[name] * 3600,), optimizer=name, target_accuracy=0.85)
         for name in hours
     ]
-    analysed = report.analyse(records, "hand-made", "test", target=0.85)
+    analysed = analyse(records, "hand-made", "test", target=0.85)
     most, budget, fastest, advice, recomputed = analysed.sentences
     assert recomputed.startswith("Time to target recomputed for val/acc 0.85")
     assert most.startswith("Most accurate: optimizer=a (val/acc 0.9000 over 1 seed, 2 GPU-hours)")
@@ -390,6 +392,6 @@ def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best
 
 
 def test_numbers_spelled_differently_are_one_configuration():
-    assert {report.normalised(v) for v in ("1e-3", "0.001", "0.0010")} == {"0.001"}
-    assert report.normalised("1") == report.normalised("1.0") == "1" and report.normalised("auto") == "auto"
-    assert report.shareable("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"
+    assert {normalised(v) for v in ("1e-3", "0.001", "0.0010")} == {"0.001"}
+    assert normalised("1") == normalised("1.0") == "1" and normalised("auto") == "auto"
+    assert shareable("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"

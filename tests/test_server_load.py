@@ -17,9 +17,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import ROOT
-from logging_load import artifact_bytes, metric_value
-from services import HpcsweepServer
+from helpers.logging_load import artifact_bytes, metric_value
+from helpers.project import ROOT
+from helpers.services import HpcsweepServer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def run_load(uri: str, folder: Path, experiment: str) -> dict:
     out = folder / f"{experiment}.json"
     command = [
         sys.executable,
-        str(ROOT / "tests" / "logging_load.py"),
+        str(ROOT / "tests" / "helpers" / "logging_load.py"),
         uri,
         "--clients",
         str(CLIENTS),

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from services import postgres, seaweedfs
+from helpers.services import postgres, seaweedfs
 
 pytestmark = pytest.mark.server
 

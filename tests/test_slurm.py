@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from test_grid import TINY, grid_command, point_runs, write_grid
-from test_train import environment, history
+from helpers.runs import TINY, environment, grid_command, history, hpcsweep, point_runs, write_grid
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 RESOURCES = {"cpus_per_task": 1, "mem": "1G", "time": "00:20:00", "partition": "debug", "max_parallel": 8}
-
-
-def hpcsweep(args: list[str], project: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpcsweep", *args],
-        cwd=project,
-        env=environment_with_slurm(uri),
-        capture_output=True,
-        text=True,
-    )
 
 
 def environment_with_slurm(uri: str) -> dict[str, str]:
@@ -108,7 +96,7 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     for run in ddp:  # one run per training, however many ranks, and each rank its own shard
         assert history(tracking_server, run.info.run_id, "train/repeated_samples") == [(0, 0.0)]
 
-    status = hpcsweep(["status", name], slurm_project, tracking_server)
+    status = hpcsweep(["status", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert sum("COMPLETED" in line for line in lines[1:-1]) == 6
@@ -176,7 +164,7 @@ def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tr
     )
     assert done.returncode == 0, done.stderr[-3000:]
     wait_until(lambda: any(r.info.status == "RUNNING" for r in children(tracking_server, name)), 300, "a running job")
-    cancel = hpcsweep(["cancel", name], slurm_project, tracking_server)
+    cancel = hpcsweep(["cancel", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
     assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
     job = children(tracking_server, name)[0].data.tags["slurm_job_id"]
     wait_until(
@@ -190,7 +178,7 @@ def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tr
     )
     time.sleep(3)  # a dying job must not overwrite KILLED
     assert {r.info.status for r in children(tracking_server, name)} == {"KILLED"}
-    status = hpcsweep(["status", name], slurm_project, tracking_server)
+    status = hpcsweep(["status", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
     assert "CANCELLED" in status.stdout
 
 

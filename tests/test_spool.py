@@ -56,6 +56,7 @@ def test_batches_stay_within_mlflow_limits_and_never_repeat_a_param_key():
     assert records_in_next_request([status, batch("a")]) == 1
 
 
+@pytest.mark.slow
 def test_a_record_refused_for_good_is_set_aside_and_the_rest_still_lands(tmp_path, tracking_server):
     client = mlflow.MlflowClient(tracking_server)
     experiment = client.create_experiment(f"spool-{tmp_path.name}")

@@ -20,9 +20,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import ARTIFACT_BUCKET, ROOT, server_environment
-from services import HpcsweepServer, free_port
-from test_train import QUICK, environment, hpcsweep, overrides
+from helpers.project import ROOT
+from helpers.runs import QUICK, environment, hpcsweep, overrides
+from helpers.services import ARTIFACT_BUCKET, HpcsweepServer, free_port, server_environment
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

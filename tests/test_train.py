@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import ROOT
+from helpers.project import ROOT
+from helpers.runs import QUICK, environment, history, hpcsweep, overrides, runs_of
 
 pytestmark = pytest.mark.slow
-
-QUICK = ["max_epochs=1", "warmup_epochs=0", "batch_size=60", "base_batch_size=60", "accelerator=cpu"]
-
-
-def overrides(*assignments: str) -> list[str]:
-    return [arg for assignment in assignments for arg in ("-s", assignment)]
-
-
-def environment(uri: str, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "SLURM_"))}
-    return {**env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", **extra}
-
-
-def hpcsweep(args: list[str], cwd: Path, uri: str, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpcsweep", *args],
-        cwd=cwd,
-        env=environment(uri),
-        capture_output=True,
-        text=True,
-        **popen,
-    )
-
-
-def runs_of(uri: str, experiment: str) -> list[mlflow.entities.Run]:
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id]) if found else []
-
-
-def history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in mlflow.MlflowClient(uri).get_metric_history(run_id, metric)]
 
 
 @pytest.fixture

@@ -104,10 +104,13 @@ def prepare(config, raw: Path | None, out: Path | None) -> None:
 @config_options
 def train(config, metrics_out: Path | None) -> None:
     """Train a ResNet on the prepared CIFAR-10 into one MLflow run (resumes an interrupted one)."""
-    from hpcsweep.tracking.run import global_rank
+    import os
+
+    from hpcsweep.ranks import global_rank
     from hpcsweep.training.train import train as run_training
 
-    result = run_training(config)
+    # `mlflow run` creates the run and hands its id over in the environment
+    result = run_training(config, run_id=os.environ.get("MLFLOW_RUN_ID"))
     if global_rank() == 0:
         if metrics_out:
             result.write_json(metrics_out)
@@ -153,32 +156,25 @@ def grid(
     import sys
 
     from hpcsweep.config import parse_overrides
-    from hpcsweep.grid.executors.slurm import DEFAULT_TEMPLATE
+    from hpcsweep.grid.executors import EXECUTORS
+    from hpcsweep.grid.executors.base import ExecutorSettings
     from hpcsweep.grid.launch import LaunchOptions, launch
     from hpcsweep.grid.spec import load_grid
     from hpcsweep.tracking.credentials import load_secrets
 
     loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
-    load_secrets(loaded.points[0].config.tracking.secrets_file)
+    from_file = load_secrets(loaded.points[0].config.tracking.secrets_file)
+    settings = ExecutorSettings(
+        template=template.read_text() if template else None, max_parallel=max_parallel, secrets_from_file=from_file
+    )
     options = LaunchOptions(
-        executor=executor,
+        executor=EXECUTORS[executor](settings),
         dry_run=dry_run,
-        max_parallel=max_parallel,
-        template=template.read_text() if template else DEFAULT_TEMPLATE,
         rerun=rerun,
         yes=yes,
         command=shlex.join(["hpcsweep", *sys.argv[1:]]),
     )
     launch(loaded, options)
-
-
-def tracking_client(config):
-    import mlflow
-
-    from hpcsweep.grid.launch import absolute_uri
-    from hpcsweep.tracking.run import tracking_uri
-
-    return mlflow.MlflowClient(absolute_uri(tracking_uri(config)))
 
 
 @main.command()
@@ -187,6 +183,7 @@ def tracking_client(config):
 def status(config, gridname: str) -> None:
     """One row per point of grid GRIDNAME: MLflow status, SLURM state, last val/acc."""
     from hpcsweep.grid.status import status_rows, summary
+    from hpcsweep.tracking.client import tracking_client
 
     rows = status_rows(tracking_client(config), gridname)
     click.echo(f"{'run':<10} {'slurm':<14} {'val/acc':>7}  {'run id':<32}  point")
@@ -201,6 +198,7 @@ def status(config, gridname: str) -> None:
 def cancel(config, gridname: str) -> None:
     """scancel the job arrays of grid GRIDNAME and mark its scheduled and running runs KILLED."""
     from hpcsweep.grid.status import cancel_grid
+    from hpcsweep.tracking.client import tracking_client
 
     killed = cancel_grid(tracking_client(config), gridname)
     click.echo(f"{gridname}: cancelled; {len(killed)} runs marked KILLED")
@@ -211,38 +209,9 @@ def cancel(config, gridname: str) -> None:
 @click.argument("index", type=int)
 def run_point(points_file: Path, index: int) -> None:
     """Train entry INDEX of a launch's points file into its pre-created run (what each job task runs)."""
-    import json
-    import os
+    from hpcsweep.grid.task import run_point as run_grid_point
 
-    from hpcsweep.config import config_from_dict
-    from hpcsweep.tracking.credentials import load_secrets
-    from hpcsweep.training.train import train as run_training
-
-    entries = json.loads(points_file.read_text())["points"]
-    if not 0 <= index < len(entries):
-        raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
-    entry = entries[index]
-    config = config_from_dict(entry["config"], source=f"{points_file}[{index}]")
-    load_secrets(config.tracking.secrets_file)
-    if entry["run_id"]:
-        os.environ["MLFLOW_RUN_ID"] = entry["run_id"]
-    try:
-        run_training(config)
-    except Exception:  # not SystemExit: a requeued or killed training has set its run's status itself
-        mark_failed_if_unfinished(config, entry["run_id"])
-        raise
-
-
-def mark_failed_if_unfinished(config, run_id: str | None) -> None:
-    """A point that dies before training opens its run (bad data, a probe that cannot fit) must
-    not stay SCHEDULED forever: the next launch resubmits FAILED points."""
-    from hpcsweep.grid import runs as grid_runs
-    from hpcsweep.tracking.run import global_rank
-
-    if run_id and global_rank() == 0:
-        client = tracking_client(config)
-        if grid_runs.is_active(client.get_run(run_id)):
-            grid_runs.finish(client, run_id, "FAILED")
+    run_grid_point(points_file, index)
 
 
 @main.command()
@@ -263,7 +232,8 @@ def mark_failed_if_unfinished(config, run_id: str | None) -> None:
 @config_options
 def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
     """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
-    from hpcsweep.report.report import build_report
+    from hpcsweep.report.build import build_report
+    from hpcsweep.tracking.client import tracking_client
 
     if not experiment and not grid_name:
         experiment = config.tracking.experiment

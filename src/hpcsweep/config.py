@@ -3,7 +3,9 @@
 params.yaml is the one place defaults live (DVC reads the same file for its stage params). This
 module turns it, plus `-s key=value` overrides, into a frozen `Config` and rejects anything a
 typo could produce: an unknown section or key, a wrong type, a value out of range. Each error is
-one line naming where the value came from, the key, the value and what would be valid.
+one line naming where the value came from, the key, the value and what would be valid. It is the
+one place a user's value is validated: the modules that use a config trust it and raise
+ValueError only on programming errors.
 
 Overrides: a bare key names the `train` section (`-s optimizer=adam`), a dotted key any section
 (`-s data.archive=PATH`); values are parsed as YAML scalars, so `-s data.archive=null` is None.
@@ -25,11 +27,16 @@ from typing import Any, Literal
 import yaml
 
 from hpcsweep.errors import UserError
-from hpcsweep.models import MODEL_NAMES
-from hpcsweep.training.batching import per_rank_batch_size, plan_batches
-from hpcsweep.training.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
+from hpcsweep.training.batch_plan import per_rank_batch_size, plan_batches
 
 DEFAULT_PARAMS = Path("params.yaml")
+# The choice names live here, not beside the code that builds them, so that validating a config
+# (and with it `status`, `report` and every mistyped -s key) never imports torch. Tests check that
+# models/, training/optimizers.py and training/schedules.py can build exactly these.
+MODEL_NAMES = ("resnet110", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet56", "resnet9")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lars", "lamb")
+SCHEDULERS = ("onecycle", "cosine", "step", "constant")
+LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 ACCELERATORS = ("auto", "cpu", "gpu")

@@ -2,7 +2,7 @@
 
 Children are created at launch, before any job starts, with status SCHEDULED, their params and
 the tags `grid`, `config_hash` and `mlflow.parentRunId`; each job then trains into its own child
-through MLFLOW_RUN_ID, so the MLflow UI shows the whole study, queued points included, grouped
+through the run id in its points file, so the MLflow UI shows the whole study, queued points included, grouped
 under the launch. The experiment is created here, once, before jobs start: concurrent
 `set_experiment` calls from many jobs were seen to put runs into the Default experiment.
 """
@@ -16,7 +16,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hpcsweep.grid.spec import Grid, Point
-from hpcsweep.tracking.run import logged_params
+from hpcsweep.tracking.tags import logged_params
 
 ROLE = "hpcsweep.role"
 ACTIVE = ("SCHEDULED", "RUNNING")

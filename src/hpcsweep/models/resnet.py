@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcsweep.errors import UserError
-
 ShortcutFactory = Callable[[int, int, int], nn.Module]
 """Builds the shortcut for a block from (in_channels, out_channels, stride)."""
 
@@ -190,11 +188,13 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "resnet9": ResNet9,
 }
 
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODELS))
-
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised model `name` with `num_classes` outputs."""
+    """A freshly initialised model `name` with `num_classes` outputs.
+
+    A user's model name is validated against config.MODEL_NAMES (a test keeps it equal to
+    `MODELS`), so an unknown name here is a programming error.
+    """
     if name not in MODELS:
-        raise UserError(f"unknown model '{name}'; valid: {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown model '{name}'; valid: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes)

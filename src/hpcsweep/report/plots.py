@@ -1,6 +1,6 @@
 """The report's figures, as PNG bytes: the evidence behind its sentences.
 
-Kept apart from `report` so that the numbers can be computed and tested without drawing. Each
+Kept apart from `analysis` so that the numbers can be computed and tested without drawing. Each
 function takes plain tables and returns a `Plot`; a plot the data cannot support (nothing
 finished, a parameter that never varies) comes back with the reason instead of an empty figure,
 and the page says so. Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas: no

@@ -54,24 +54,23 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     return values
 
 
-# names this process took from the secrets file: not handed on to sbatch, each job reads the file
-FROM_FILE: set[str] = set()
-
-
-def load_secrets(secrets_file: str | None) -> None:
-    """Put the secrets file's values into this process's environment, below what is set already."""
+def load_secrets(secrets_file: str | None) -> frozenset[str]:
+    """Put the secrets file's values into this process's environment, below what is set already;
+    returns the names taken from the file, which must not be handed on to jobs."""
     if not secrets_file:
-        return
+        return frozenset()
+    taken = set()
     for name, value in read_secrets_file(Path(secrets_file).expanduser()).items():
         if name not in os.environ:
             os.environ[name] = value
-            FROM_FILE.add(name)
+            taken.add(name)
+    return frozenset(taken)
 
 
-def environment_for_jobs() -> dict[str, str]:
-    """This environment less what came from the secrets file: SLURM keeps a job's environment
-    with the job, and the job reads the file itself."""
-    return {name: value for name, value in os.environ.items() if name not in FROM_FILE}
+def environment_for_jobs(from_file: frozenset[str]) -> dict[str, str]:
+    """This environment less the names `load_secrets` took from the file: SLURM keeps a job's
+    environment with the job, and the job reads the file itself."""
+    return {name: value for name, value in os.environ.items() if name not in from_file}
 
 
 def redact(uri: str) -> str:

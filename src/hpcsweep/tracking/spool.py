@@ -24,11 +24,7 @@ from pathlib import Path
 
 from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
-
-SPOOL_FILE = "mlflow-spool.jsonl"
-SENT_FILE = "mlflow-spool.sent"
-REJECTED_FILE = "mlflow-spool.rejected"
-LOCK_FILE = "mlflow-spool.lock"
+from hpcsweep.tracking.run_folder import SPOOL_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +38,8 @@ class Spool:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.path = self.folder / SPOOL_FILE
+        self.files = RunFolder(self.folder)
+        self.path = self.files.spool
         self._lock = threading.Lock()
         self._lock_file = None
         self.sent = 0
@@ -55,7 +52,7 @@ class Spool:
         `uri` is written as the spool's first line when the spool is new: where its records go.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.folder / LOCK_FILE, "w")
+        self._lock_file = open(self.files.spool_lock, "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -70,7 +67,7 @@ class Spool:
                 stream.write(json.dumps({"uri": uri}) + "\n")
             header = {"uri": uri}
         self.uri = header["uri"]
-        sent_path = self.folder / SENT_FILE
+        sent_path = self.files.spool_sent
         self.sent = int(sent_path.read_text()) if sent_path.is_file() else 0
         self._unsent.extend(records[self.sent :])
         return True
@@ -98,7 +95,7 @@ class Spool:
             for _ in range(count):
                 self._unsent.popleft()
             self.sent += count
-            with atomic_file(self.folder / SENT_FILE) as temporary:
+            with atomic_file(self.files.spool_sent) as temporary:
                 temporary.write_text(str(self.sent))
 
     def reject(self, record: dict, reason: str) -> None:
@@ -107,9 +104,9 @@ class Spool:
         log.warning(
             "the tracking server refused a spooled record for good (%s); kept in %s",
             reason,
-            self.folder / REJECTED_FILE,
+            self.files.spool_rejected,
         )
-        with (self.folder / REJECTED_FILE).open("a") as stream:
+        with (self.files.spool_rejected).open("a") as stream:
             stream.write(json.dumps({"reason": reason, "record": record}) + "\n")
 
 

@@ -1,17 +1,21 @@
 """While a training runs, MLflow's writes to its tracking server go through the spool.
 
-Autologging, our own params and tags, the system-metrics monitor and `end_run` all write
-through MLflow's tracking store for the server's URI. For the duration of a training that
-store is a `SpoolingStore`: reads still go to the server, every write (log_batch, metric,
-param, tag, run status) is appended to the run's spool and answered at once, and a `Flusher`
-thread sends it. Artifact uploads (our checkpoints, autologging's model summary) go the same
-way through a `SpoolingArtifactRepository`. A server that goes away therefore stalls nothing and loses nothing; training
-never waits on the network for a log call.
+Autologging, our own params and tags, the system-metrics monitor, artifact uploads and `end_run`
+all write through the tracking store and artifact repository MLflow builds for the tracking URI.
+For the duration of a training that URI is `spool+http(s)://...`, a scheme of ours that MLflow
+finds through its public plugin entry points (`mlflow.tracking_store` and
+`mlflow.artifact_repository` in pyproject.toml, loaded by `plugin.py`):
 
-MLflow picks a store per URI scheme from a registry and caches one artifact repository per
-run; it has no public hook to wrap either, so the registry entry for http/https is swapped
-while training runs, the run's cached repository is ours, and both are restored after (mlflow
-is pinned; the outage tests prove the swap still catches every write).
+- `SpoolingStore` reads from the server; every write (log_batch, metric, param, tag, run status)
+  is appended to the run's spool and answered at once, and a `Flusher` thread sends it.
+- The runs it returns carry a `spool+` artifact URI, so MLflow builds a
+  `SpoolingArtifactRepository` for them: uploads (our checkpoints, autologging's model summary)
+  are kept in the spool's folder and sent in order, through the real repository.
+
+A server that goes away therefore stalls nothing and loses nothing; training never waits on the
+network for a log call. MLflow caches one store per URI and one artifact repository per run, so
+both look up the active spool on every write; with none active (a cached object used after
+training) they write straight to the server, as MLflow's own would.
 """
 
 from __future__ import annotations
@@ -21,43 +25,65 @@ import functools
 import logging
 import os
 import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow.entities import RunStatus
+import mlflow
+from mlflow.entities import Run, RunStatus
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.rest_store import RestStore
-from mlflow.tracking._tracking_service.utils import _artifact_repos_cache, _get_rest_store, _tracking_store_registry
 from mlflow.utils.credentials import get_default_host_creds
 
+from hpcsweep.tracking.client import SPOOL_PREFIX, without_spool
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.sender import Flusher
 from hpcsweep.tracking.spool import Spool
 
 HTTP_SCHEMES = ("http", "https")
+# artifact URI schemes whose uploads are spooled (each has a spool+SCHEME entry point); the
+# artifacts of a run on any other store are uploaded directly, as MLflow would
+SPOOLED_ARTIFACT_SCHEMES = ("mlflow-artifacts", "s3")
 SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-ARTIFACTS = "mlflow-spool-artifacts"  # files waiting for upload, in the spool's folder
 
 log = logging.getLogger(__name__)
 
 
-class SpoolingStore(RestStore):
-    """A REST store whose writes are spooled and sent in the background."""
+class ActiveSpool:
+    """The spool a training in this process writes to, and the thread that sends it."""
 
-    def __init__(self, uri: str, spool: Spool, flusher: Flusher):
-        super().__init__(functools.partial(get_default_host_creds, uri))
-        self.uri, self.spool, self.flusher = uri, spool, flusher
-        self.artifact_runs: set[str] = set()
+    def __init__(self, spool: Spool, flusher: Flusher):
+        self.spool, self.flusher = spool, flusher
 
-    def spool_record(self, record: dict) -> None:
+    def append(self, record: dict) -> None:
         self.spool.append(record)
         self.flusher.notify()
 
+
+ACTIVE: dict[str, ActiveSpool] = {}  # by the server's URI, without a trailing slash
+ACTIVE_LOCK = threading.Lock()
+
+
+def active_spool(uri: str) -> ActiveSpool | None:
+    return ACTIVE.get(without_spool(uri).rstrip("/"))
+
+
+class SpoolingStore(RestStore):
+    """A REST store whose writes go to the active spool for its server."""
+
+    def __init__(self, store_uri: str):
+        self.uri = without_spool(store_uri)
+        super().__init__(functools.partial(get_default_host_creds, self.uri))
+
     def log_batch(self, run_id, metrics, params, tags) -> None:
-        self.spool_record(
+        spool = active_spool(self.uri)
+        if spool is None:
+            return super().log_batch(run_id, metrics, params, tags)
+        spool.append(
             {
                 "run_id": run_id,
                 "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
@@ -75,55 +101,52 @@ class SpoolingStore(RestStore):
     def set_tag(self, run_id, tag) -> None:
         self.log_batch(run_id, [], [], [tag])
 
-    def create_run(self, *args, **kwargs):
-        return self.spool_artifacts_of(super().create_run(*args, **kwargs))
-
-    def get_run(self, run_id):
-        return self.spool_artifacts_of(super().get_run(run_id))
-
-    def spool_artifacts_of(self, run):
-        """MLflow keeps one artifact repository per run id and asks the server for the run only
-        to build it: a spooling one there means uploads neither wait for nor need the server."""
-        run_id, uri = run.info.run_id, run.info.artifact_uri
-        if run_id not in self.artifact_runs:
-            real = get_artifact_repository(uri, tracking_uri=self.uri)
-            _artifact_repos_cache[run_id] = SpoolingArtifactRepository(uri, real, self, run_id)
-            self.artifact_runs.add(run_id)
-        return run
-
-    def forget_artifact_runs(self) -> None:
-        for run_id in self.artifact_runs:
-            _artifact_repos_cache.pop(run_id, None)
-
-    def update_run_info(self, run_id, run_status, end_time, run_name) -> None:
-        self.spool_record(
+    def update_run_info(self, run_id, run_status, end_time, run_name):
+        spool = active_spool(self.uri)
+        if spool is None:
+            return super().update_run_info(run_id, run_status, end_time, run_name)
+        spool.append(
             {"run_id": run_id, "status": RunStatus.to_string(run_status), "end_time": end_time, "run_name": run_name}
         )
+
+    # runs come back with a spool+ artifact URI, so that MLflow builds our artifact repository
+    def create_run(self, *args, **kwargs):
+        return with_spooled_artifacts(super().create_run(*args, **kwargs))
+
+    def get_run(self, run_id):
+        return with_spooled_artifacts(super().get_run(run_id))
+
+
+def with_spooled_artifacts(run: Run) -> Run:
+    uri = run.info.artifact_uri
+    if not uri or urlparse(uri).scheme not in SPOOLED_ARTIFACT_SCHEMES:
+        return run
+    proto = run.to_proto()
+    proto.info.artifact_uri = SPOOL_PREFIX + uri
+    return Run.from_proto(proto)
 
 
 class SpoolingArtifactRepository(ArtifactRepository):
     """Uploads into one run go to the spool too: the file is kept in the spool's folder (a hard
     link where it can be, else a copy: the caller may delete its file) and sent in order."""
 
-    def __init__(self, artifact_uri: str, real: ArtifactRepository, store: SpoolingStore, run_id: str):
-        super().__init__(artifact_uri)
-        self.real, self.store, self.run_id = real, store, run_id
+    def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+        super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self.server_uri = without_spool(tracking_uri or mlflow.get_tracking_uri())
+        self.real_uri = without_spool(artifact_uri)
+        self.real = get_artifact_repository(self.real_uri, tracking_uri=self.server_uri)
 
     def log_artifact(self, local_file, artifact_path=None) -> None:
-        kept = self.store.spool.folder / ARTIFACTS / uuid.uuid4().hex / Path(local_file).name
+        spool = active_spool(self.server_uri)
+        if spool is None:
+            return self.real.log_artifact(local_file, artifact_path)
+        kept = spool.spool.files.spooled_artifacts / uuid.uuid4().hex / Path(local_file).name
         kept.parent.mkdir(parents=True)
         try:
             os.link(local_file, kept)
         except OSError:
             shutil.copy2(local_file, kept)
-        self.store.spool_record(
-            {
-                "run_id": self.run_id,
-                "artifact": str(kept),
-                "artifact_path": artifact_path,
-                "artifact_uri": self.artifact_uri,
-            }
-        )
+        spool.append({"artifact": str(kept), "artifact_path": artifact_path, "artifact_uri": self.real_uri})
 
     def log_artifacts(self, local_dir, artifact_path=None) -> None:
         for path in sorted(Path(local_dir).rglob("*")):
@@ -135,37 +158,36 @@ class SpoolingArtifactRepository(ArtifactRepository):
         return self.real.list_artifacts(path)
 
     def _download_file(self, remote_file_path, local_path):
-        return self.real._download_file(remote_file_path, local_path)
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.move(self.real.download_artifacts(remote_file_path, dst_path=folder), local_path)
 
 
 @contextlib.contextmanager
-def spooled_writes(uri: str, run_dir: Path, flush_timeout_s: float) -> Iterator[None]:
+def spooled_writes(uri: str, run_dir: Path, flush_timeout_s: float) -> Iterator[str]:
     """Spool this process's writes to the server at `uri` into `run_dir` until the block ends,
-    then wait up to `flush_timeout_s` for them to be sent. Other URIs (a local SQLite file or
-    folder) cannot be away: for those this does nothing."""
+    then wait up to `flush_timeout_s` for them to be sent. Yields the URI to log through (give it
+    to mlflow.set_tracking_uri and the system-metrics monitor). Other URIs (a local SQLite file or
+    folder) cannot be away: for those this yields `uri` and does nothing."""
     if urlparse(uri).scheme not in HTTP_SCHEMES:
-        yield
+        yield uri
         return
+    key = uri.rstrip("/")
     spool = Spool(run_dir)
     spool.claim(uri)
     flusher = Flusher(spool)
     flusher.start()
     flusher.notify()  # an earlier attempt may have left records unsent
-    store = SpoolingStore(uri, spool, flusher)
-
-    def build(store_uri: str, **kwargs) -> RestStore:
-        return store if store_uri.rstrip("/") == uri.rstrip("/") else _get_rest_store(store_uri, **kwargs)
-
-    use_store_builder(build)
+    with ACTIVE_LOCK:
+        ACTIVE[key] = ActiveSpool(spool, flusher)
     # end_run reads the run back from the server to print its URL: a read that would wait out
     # MLflow's retries for minutes if the server is away when training ends
     suppress_url = os.environ.get(SUPPRESS_URL)
     os.environ[SUPPRESS_URL] = "true"
     try:
-        yield
+        yield SPOOL_PREFIX + uri
     finally:
-        use_store_builder(_get_rest_store)
-        store.forget_artifact_runs()
+        with ACTIVE_LOCK:
+            del ACTIVE[key]
         if suppress_url is None:
             del os.environ[SUPPRESS_URL]
         else:
@@ -182,9 +204,3 @@ def spooled_writes(uri: str, run_dir: Path, flush_timeout_s: float) -> Iterator[
                 spool.path,
                 run_dir,
             )
-
-
-def use_store_builder(builder) -> None:
-    for scheme in HTTP_SCHEMES:
-        _tracking_store_registry.register(scheme, builder)
-    type(_tracking_store_registry)._get_store_with_resolved_uri.cache_clear()

@@ -30,8 +30,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
-from hpcsweep.training.batching import Probe, divisors, probe_micro_batch
-from hpcsweep.training.optim import build_optimizer, build_scheduler, parameter_groups, scaled_lr
+from hpcsweep.training.batch_plan import divisors
+from hpcsweep.training.optimizers import build_optimizer, parameter_groups, scaled_lr
+from hpcsweep.training.probe import Probe, probe_micro_batch
+from hpcsweep.training.schedules import build_scheduler
 
 NUM_CLASSES = 10
 

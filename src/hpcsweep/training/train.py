@@ -1,18 +1,16 @@
 """train(config) -> TrainResult: one training, on any number of ranks, into one MLflow run.
 
 The Lightning Trainer gets the strategy, precision and batching the config names, checkpoints
-(last and best by `val/acc`) in a per-run folder, and the efficiency callback. The folder is
-named after the launcher's MLflow run (MLFLOW_RUN_ID) or else the config hash, so that running
-the same training again after an interruption finds the checkpoint and the run, and resumes
-both. Rank 0 opens and closes the MLflow run; the run's status says how training ended.
+(last and best by `val/acc`) in the training's run folder, and the efficiency callback. The
+folder is named after the launcher's MLflow run or else the config hash, so that running the
+same training again after an interruption finds the checkpoint and the run, and resumes both.
+The whole fit happens inside one `TrackedRun`; the run's status says how training ended.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -26,12 +24,12 @@ from hpcsweep.config import Config
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.errors import UserError
-from hpcsweep.tracking import run as tracking
-from hpcsweep.training.batching import per_rank_batch_size
+from hpcsweep.ranks import global_rank
+from hpcsweep.tracking.run import TrackedRun
+from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, RunFolder
+from hpcsweep.training.batch_plan import per_rank_batch_size
 from hpcsweep.training.efficiency import EfficiencyMetrics
 from hpcsweep.training.module import ResNetModule
-
-LAST_CHECKPOINT = "last.ckpt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +58,8 @@ class TrainResult:
             temporary.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
-def run_dir_for(config: Config) -> Path:
-    return Path(config.tracking.checkpoint_dir) / (os.environ.get("MLFLOW_RUN_ID") or config.hash)
+def run_folder_for(config: Config, run_id: str | None) -> RunFolder:
+    return RunFolder.under(config.tracking.checkpoint_dir, run_id or config.hash)
 
 
 def strategy_for(config: Config):
@@ -77,9 +75,11 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
     train = config.train
-    checkpoints = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/acc", mode="max", save_last=True)
+    checkpoints = ModelCheckpoint(
+        dirpath=folder.path, filename=BEST_CHECKPOINT, monitor="val/acc", mode="max", save_last=True
+    )
     return L.Trainer(
         accelerator=train.accelerator,
         devices=train.devices,
@@ -88,7 +88,7 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[L.Callback]) ->
         precision=train.precision,
         max_epochs=train.max_epochs,
         callbacks=[checkpoints, *callbacks],
-        default_root_dir=run_dir,
+        default_root_dir=folder.path,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -117,21 +117,9 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of an unfinished attempt: last.ckpt (end of an epoch) or the
-    hpc_ckpt_N.ckpt Lightning writes mid-epoch when SLURM signals a requeue."""
-    if tracking.resumable_run_id(run_dir) is None:
-        return None
-    found = [path for path in [run_dir / LAST_CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")] if path.is_file()]
-    return max(found, key=lambda path: path.stat().st_mtime) if found else None
-
-
-def requeued(run_dir: Path, since: float) -> bool:
-    return any(path.stat().st_mtime >= since for path in run_dir.glob("hpc_ckpt_*.ckpt"))
-
-
-def train(config: Config) -> TrainResult:
-    """Train `config`, resuming an interrupted attempt; returns the final figures on every rank."""
+def train(config: Config, run_id: str | None = None) -> TrainResult:
+    """Train `config` into the MLflow run `run_id` (a launcher created it) or a run of its own,
+    resuming an interrupted attempt; returns the final figures on every rank."""
     quiet_known_warnings()
     world_size = config.train.devices * config.train.num_nodes
     per_rank = per_rank_batch_size(config.train.batch_size, world_size)
@@ -140,23 +128,18 @@ def train(config: Config) -> TrainResult:
         raise UserError(f"{stats_path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")
     check_enough_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    run_dir = run_dir_for(config)
-    resume = resume_checkpoint(run_dir)
-    is_rank_zero = tracking.global_rank() == 0
-    if is_rank_zero and not resume:
-        for stale in run_dir.glob("*.ckpt"):  # a finished run's: Lightning would number new ones best-v1
-            stale.unlink()
-    with tracking.spooled_writes(config, run_dir) if is_rank_zero else contextlib.nullcontext():
-        return fit(config, run_dir, resume, per_rank)
+    folder = run_folder_for(config, run_id)
+    resume = folder.resume_checkpoint()
+    if global_rank() == 0 and not resume:
+        folder.remove_checkpoints()
+    with TrackedRun(config, folder, run_id) as run:
+        return fit(config, run, resume, per_rank)
 
 
-def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int) -> TrainResult:
-    """Open the run, fit, close the run with the status the fit ended in."""
-    is_rank_zero = tracking.global_rank() == 0
-    run_id = tracking.start_run(config, run_dir) if is_rank_zero else os.environ.get("MLFLOW_RUN_ID")
-    monitor = tracking.node_monitor(config, run_id)
+def fit(config: Config, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
+    """Fit inside the open run; tell the run the status the fit ended in and its final figures."""
     efficiency = EfficiencyMetrics(config.train.target_accuracy)
-    trainer = build_trainer(config, run_dir, [efficiency, DataCoverage()])
+    trainer = build_trainer(config, run.folder, [efficiency, DataCoverage()])
     datamodule = CIFAR10DataModule(
         config.data.prepared_dir,
         loader=config.data.loader,
@@ -165,22 +148,18 @@ def fit(config: Config, run_dir: Path, resume: Path | None, per_rank: int) -> Tr
         limit_train_samples=config.train.limit_train_samples,
     )
     module = ResNetModule.from_config(config.train)
-    status = "FAILED"
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-        status = "FINISHED"
+        run.status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         # SLURM's SIGUSR1: Lightning saved an hpc checkpoint and requeued the job, which is
         # now being stopped; the run waits for the restarted job, SCHEDULED, not KILLED
-        status = "SCHEDULED" if requeued(run_dir, started) else "KILLED"
+        run.status = "SCHEDULED" if run.folder.requeued_since(started) else "KILLED"
         raise
     finally:
-        if monitor:
-            monitor.finish()
-        result = collect_result(run_id, status, trainer, module, efficiency)
-        if is_rank_zero:
-            tracking.finish_run(run_dir, status, final_metrics(result), sorted(run_dir.glob("*.ckpt")))
+        result = collect_result(run.id, run.status, trainer, module, efficiency)
+        run.final_metrics = final_metrics(result)
     return result
 
 

@@ -13,6 +13,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
+
+
+class LocalExecutor(Executor):
+    """A batch is its points run here in turn; nothing to check, write or test beforehand."""
+
+    def submit(self, batch: Batch, runs: BatchRuns) -> None:
+        run_points(batch.points_file, len(batch.points), on_interrupt=runs.mark_killed)
+
+    def live_jobs(self, job_keys: list[str]) -> set[str]:
+        return set()  # points run in the foreground: nothing of an earlier launch is still going
+
 
 def run_points(points_file: Path, count: int, on_interrupt: Callable[[int], None]) -> list[int]:
     """Run every point of `points_file`; returns their exit codes. Ctrl-C calls on_interrupt(index)."""

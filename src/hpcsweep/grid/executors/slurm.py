@@ -1,11 +1,12 @@
 """SLURM: render a job-array script, submit it, read job states back, cancel.
 
 Each piece is a small function with one job (as in submitit): `render_job_script` is pure and
-typed, `submit` only runs sbatch, the parsers only parse. One array per resource shape; each
-task reads its point from the JSON file written at launch and runs `srun` with one task per
-device, so Lightning's SLURMEnvironment sets up DDP from SLURM's variables. `--signal=SIGUSR1@90`
-with `--requeue` lets Lightning checkpoint and requeue before a time limit or preemption; the
-restarted task resumes into the same MLflow run.
+typed, `submit_array` only runs sbatch, the parsers only parse; `SlurmExecutor` puts them
+behind the executor interface. One array per resource shape; each task reads its point from the
+JSON file written at launch and runs `srun` with one task per device, so Lightning's
+SLURMEnvironment sets up DDP from SLURM's variables. `--signal=SIGUSR1@90` with `--requeue` lets
+Lightning checkpoint and requeue before a time limit or preemption; the restarted task resumes
+into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
+from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
 from hpcsweep.tracking.credentials import environment_for_jobs
 
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
@@ -159,23 +164,23 @@ def require_sbatch() -> None:
         raise UserError("sbatch not found on PATH: run on a SLURM login node, or use --executor local")
 
 
-def sbatch(script: Path, *options: str) -> str:
-    """Run sbatch on the script; its own message when it refuses."""
-    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True, env=environment_for_jobs())
+def sbatch(script: Path, *options: str, environment: Mapping[str, str]) -> str:
+    """Run sbatch on the script; its own message when it refuses. SLURM keeps `environment` with the job."""
+    done = subprocess.run(["sbatch", *options, str(script)], capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         message = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise UserError(f"sbatch refused {script}: {message}")
     return done.stdout
 
 
-def test_only(script: Path) -> None:
+def test_only(script: Path, environment: Mapping[str, str]) -> None:
     """Ask the scheduler whether it would accept the job (partition, account, limits), submitting nothing."""
-    sbatch(script, "--test-only")
+    sbatch(script, "--test-only", environment=environment)
 
 
-def submit(script: Path) -> str:
+def submit_array(script: Path, environment: Mapping[str, str]) -> str:
     """Submit the script; returns the array job id."""
-    return sbatch(script, "--parsable").strip().split(";")[0]
+    return sbatch(script, "--parsable", environment=environment).strip().split(";")[0]
 
 
 def parse_squeue(text: str) -> dict[str, str]:
@@ -249,3 +254,59 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 def cancel(array_job_ids: list[str]) -> None:
     if array_job_ids:
         subprocess.run(["scancel", *array_job_ids], check=False)
+
+
+class SlurmExecutor(Executor):
+    """A batch is one job array: its script written at prepare, tested and submitted with sbatch."""
+
+    def check(self) -> None:
+        require_sbatch()
+
+    def prepare(self, batch: Batch) -> None:
+        (batch.folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
+        batch.script = batch.folder / f"job-{batch.number}.sbatch"
+        with atomic_file(batch.script) as temporary:
+            temporary.write_text(render_job_script(self.job_spec(batch), self.settings.template or DEFAULT_TEMPLATE))
+
+    def test(self, batch: Batch) -> None:
+        test_only(batch.script, self.job_environment())
+
+    def submit(self, batch: Batch, runs: BatchRuns) -> None:
+        try:
+            job_id = submit_array(batch.script, self.job_environment())
+        except UserError:
+            runs.mark_all_failed()
+            raise
+        runs.tag_with_job(job_id)
+        print(f"submitted job array {job_id} ({len(batch.points)} points): {batch.script}")
+
+    def live_jobs(self, job_keys: list[str]) -> set[str]:
+        return set(queued_states(job_keys))
+
+    def job_environment(self) -> dict[str, str]:
+        """What sbatch hands the job: SLURM keeps it with the job, so secrets the job reads itself stay out."""
+        return environment_for_jobs(self.settings.secrets_from_file)
+
+    def job_spec(self, batch: Batch) -> JobSpec:
+        """The batch's points share one resource shape, so its first point's config speaks for all."""
+        config = batch.points[0].config
+        resources = config.slurm
+        return JobSpec(
+            name=f"hpcsweep-{batch.grid_name}",
+            array_size=len(batch.points),
+            max_parallel=self.settings.max_parallel or resources.max_parallel,
+            nodes=config.train.num_nodes,
+            tasks_per_node=config.train.devices,
+            cpus_per_task=resources.cpus_per_task,
+            mem=resources.mem,
+            time=resources.time,
+            workdir=Path.cwd(),
+            log_dir=batch.folder / "logs",
+            command=[sys.executable, "-m", "hpcsweep", "run-point", str(batch.points_file)],
+            gpus_per_node=config.train.devices if config.train.accelerator == "gpu" else None,
+            partition=resources.partition,
+            account=resources.account,
+            qos=resources.qos,
+            setup=resources.setup,
+            extra=resources.extra,
+        )

@@ -3,7 +3,7 @@
 Run as a script so that the clients fork from a small, clean process that has imported MLflow
 once (32 fresh interpreters importing MLflow would cost more than the load itself):
 
-    python tests/logging_load.py URI --clients 32 --epochs 50 --metrics 6 --params 5 \
+    python tests/helpers/logging_load.py URI --clients 32 --epochs 50 --metrics 6 --params 5 \
         --artifact-bytes 1048576 --experiment NAME --out result.json
 
 Each client opens a run, logs its params, then one log_metrics call per epoch (a training's

@@ -1,10 +1,4 @@
-"""The batch-size arithmetic: effective batch = micro-batch x accumulation x ranks.
-
-`batch_size` in every config is the effective, global batch: what the optimizer step averages
-over, what the LR scaling rule sees and what a study compares. How it is reached on a given
-machine (how many ranks, how large a micro-batch fits, how many micro-batches are accumulated)
-is an implementation detail that must never change the result, so it is planned here, checked
-before training starts, and logged.
+"""The micro-batch probe: the largest micro-batch whose real training step fits the device.
 
 `micro_batch_size: auto` probes the real training step (forward, backward, optimizer step, at
 the configured precision, channels_last) on the real device, largest candidate first, and keeps
@@ -13,7 +7,8 @@ OutOfMemoryError, which is caught; on the CPU nothing raises before the kernel k
 so the step's footprint is counted instead (parameters, gradients, optimizer state, and the
 tensors autograd saves for backward), which lets the same logic be tested on any machine.
 Unlike Lightning's batch-size finder, which changes the batch size itself and runs on one
-process, this keeps the effective batch and is agreed by all DDP ranks (see module.py).
+process, this keeps the effective batch and is agreed by all DDP ranks (see module.py); the
+arithmetic it relies on lives in batch_plan.py.
 """
 
 from __future__ import annotations
@@ -29,50 +24,7 @@ import torch
 from torch import nn
 
 from hpcsweep.errors import UserError
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    batch_size: int  # effective, global
-    world_size: int
-    micro_batch_size: int  # per rank, per forward/backward
-    accumulate_grad_batches: int
-
-    @property
-    def per_rank_batch_size(self) -> int:
-        return self.batch_size // self.world_size
-
-
-def divisors(number: int) -> list[int]:
-    return [d for d in range(1, number + 1) if number % d == 0]
-
-
-def nearby(values: list[int], target: int, count: int = 4) -> str:
-    return ", ".join(str(v) for v in sorted(sorted(values, key=lambda v: abs(v - target))[:count]))
-
-
-def per_rank_batch_size(batch_size: int, world_size: int) -> int:
-    """The samples each rank contributes to one optimizer step; errors name valid batch sizes."""
-    if batch_size % world_size:
-        lower = batch_size - batch_size % world_size
-        options = [v for v in (lower, lower + world_size) if v > 0]
-        raise UserError(
-            f"batch_size={batch_size} cannot be split over {world_size} ranks (devices x num_nodes); "
-            f"valid nearby: {', '.join(map(str, options))}"
-        )
-    return batch_size // world_size
-
-
-def plan_batches(batch_size: int, world_size: int, micro_batch_size: int) -> BatchPlan:
-    """Accumulation for a given micro-batch; errors name the micro-batch sizes that would work."""
-    per_rank = per_rank_batch_size(batch_size, world_size)
-    if micro_batch_size > per_rank or per_rank % micro_batch_size:
-        raise UserError(
-            f"micro_batch_size={micro_batch_size} must divide the per-rank batch {per_rank} "
-            f"(batch_size {batch_size} / {world_size} ranks); "
-            f"valid nearby: {nearby(divisors(per_rank), micro_batch_size)}"
-        )
-    return BatchPlan(batch_size, world_size, micro_batch_size, per_rank // micro_batch_size)
+from hpcsweep.training.batch_plan import divisors
 
 
 @dataclass(frozen=True)

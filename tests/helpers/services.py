@@ -2,6 +2,7 @@
 
 mlflow_server (SQLite), postgres (the production backend store) and seaweedfs (the S3 artifact
 store): each a context manager that yields the address to connect to and stops the service at exit.
+HpcsweepServer runs `hpcsweep server` on them, with the environment server_environment builds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import require
+from helpers.project import ROOT, require
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "hpcsweep-test-key", "AWS_SECRET_ACCESS_KEY": "hpcsweep-test-secret-7f3a"}
+ARTIFACT_BUCKET = "mlflow-artifacts"
 
 
 def free_port() -> int:
@@ -280,6 +284,17 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str, bucket: str) -> It
             for leftover in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
+
+
+def server_environment(s3: dict[str, str], database_uri: str) -> tuple[str, dict[str, str]]:
+    """The database URI without its password, and an environment holding the password and S3
+    keys: credentials travel in the environment, never on a command line others can read."""
+    import sqlalchemy
+
+    url = sqlalchemy.make_url(database_uri)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    environment |= {**s3, "PGPASSWORD": url.password or "", "PYTHONPATH": str(ROOT / "src")}
+    return url.set(password=None).render_as_string(hide_password=False), environment
 
 
 class HpcsweepServer:

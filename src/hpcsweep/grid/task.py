@@ -1,0 +1,44 @@
+"""The job side of a grid: what one array task (or one local point) runs.
+
+The launcher wrote every point's full config and the id of the MLflow run created for it into a
+points file; task i trains entry i into that run. Each DDP rank and each node runs this same
+command and reads the same entry, so every process knows the run without a shared environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hpcsweep.config import Config, config_from_dict
+from hpcsweep.errors import UserError
+from hpcsweep.grid import runs as grid_runs
+from hpcsweep.ranks import global_rank
+from hpcsweep.tracking.client import tracking_client
+from hpcsweep.tracking.credentials import load_secrets
+
+
+def run_point(points_file: Path, index: int) -> None:
+    """Train entry `index` of a launch's points file into its pre-created run."""
+    from hpcsweep.training.train import train  # torch: only once the entry is known to be valid
+
+    entries = json.loads(points_file.read_text())["points"]
+    if not 0 <= index < len(entries):
+        raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
+    entry = entries[index]
+    config = config_from_dict(entry["config"], source=f"{points_file}[{index}]")
+    load_secrets(config.tracking.secrets_file)
+    try:
+        train(config, run_id=entry["run_id"])
+    except Exception:  # not SystemExit: a requeued or killed training has set its run's status itself
+        mark_failed_if_unfinished(config, entry["run_id"])
+        raise
+
+
+def mark_failed_if_unfinished(config: Config, run_id: str | None) -> None:
+    """A point that dies before training opens its run (bad data, a probe that cannot fit) must
+    not stay SCHEDULED forever: the next launch resubmits FAILED points."""
+    if run_id and global_rank() == 0:
+        client = tracking_client(config)
+        if grid_runs.is_active(client.get_run(run_id)):
+            grid_runs.finish(client, run_id, "FAILED")

@@ -1,0 +1,153 @@
+"""`hpcsweep report`: read a study's runs from MLflow, analyse them and write the report folder.
+
+This module only strings the other parts together: `records` fetches the runs, `analysis` computes
+the table, front and sentences once into a `Report`, and `render` and `plots` turn it into files:
+CSV, Markdown, a sortable HTML table, one self-contained `index.html`, `summary.json` for
+`dvc metrics show` and CSV series for `dvc plots show`. The folder is written all-or-nothing and
+uploaded onto the study's launch run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from hpcsweep.atomic import atomic_dir
+from hpcsweep.errors import UserError
+from hpcsweep.report import plots as report_plots
+from hpcsweep.report.analysis import (
+    configuration_table,
+    configurations,
+    curves_frame,
+    findings,
+    finished_rows,
+    pareto_front,
+    problems,
+    recommendation,
+    runs_target,
+    scaling_frame,
+    summary_numbers,
+)
+from hpcsweep.report.records import ACCURACY, Configuration, RunRecord, fetch_records
+from hpcsweep.report.render import constant_params, display_rows, html_table, markdown_table, page, table_page
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Everything the files are written from, computed once."""
+
+    title: str
+    source: str
+    records: list[RunRecord]
+    found: list[Configuration]
+    varying: list[str]
+    table: pd.DataFrame
+    front: pd.Series  # True for rows of `table` on the Pareto front
+    sentences: list[str]
+
+
+def analyse(records: list[RunRecord], title: str, source: str, target: float | None) -> Report:
+    found, varying = configurations(records)
+    table = configuration_table(found, target)
+    done = finished_rows(table)
+    front = pd.Series(False, index=table.index, dtype=bool)
+    front[done.index] = pareto_front(done)
+    sentences = [
+        *findings(found, table, target if target is not None else runs_target(table)),
+        recommendation(table),
+        *problems(table),
+    ]
+    if target is not None:
+        sentences.append(
+            f"Time to target recomputed for val/acc {target} from each run's val/acc history "
+            f"and cumulative epoch_time_s."
+        )
+    return Report(title, source, records, found, varying, table, front, sentences)
+
+
+def pareto_points(report: Report) -> pd.DataFrame:
+    done = finished_rows(report.table)
+    return pd.DataFrame(
+        {
+            "gpu_hours": done["gpu_hours"],
+            "val_acc": done[ACCURACY],
+            "configuration": done["configuration"],
+            "on_front": report.front[done.index],
+        }
+    )
+
+
+def write_files(report: Report, folder: Path) -> None:
+    rows = display_rows(report.table, report.varying)
+    curves = curves_frame(report.found)
+    pareto = pareto_points(report)
+    plots = report_plots.draw_all(
+        curves, pareto, report.table, report.varying, scaling_frame(report.table, report.varying)
+    )
+    report.table.to_csv(folder / "table.csv", index=False)
+    (folder / "table.md").write_text(markdown_table(rows))
+    (folder / "table.html").write_text(table_page(rows))
+    pareto.to_csv(folder / "pareto.csv", index=False)
+    curves.to_csv(folder / "curves.csv", index=False)
+    (folder / "summary.json").write_text(
+        json.dumps(summary_numbers(report.records, report.table, report.front), indent=2) + "\n"
+    )
+    (folder / "summary.md").write_text(f"# {report.title}\n\n" + "".join(f"- {s}\n" for s in report.sentences))
+    for plot in plots:
+        if plot.png:
+            (folder / f"{plot.name}.png").write_bytes(plot.png)
+    (folder / "index.html").write_text(
+        page(
+            report.title,
+            report.source,
+            report.sentences,
+            constant_params(report.table, report.varying),
+            html_table(rows),
+            plots,
+        )
+    )
+
+
+def shareable(uri: str) -> str:
+    """The tracking URI without a password: reports are passed around (postgresql://user:secret@...)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def build_report(
+    client: mlflow.MlflowClient,
+    out_dir: Path,
+    experiment: str | None = None,
+    grid: str | None = None,
+    target_accuracy: float | None = None,
+) -> Path:
+    """Write the report of an experiment's or a grid's runs into `out_dir` (replacing it whole) and
+    upload it as artifact `report` onto the newest launch run, if there is one. Returns `out_dir`."""
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise UserError(f"--target-accuracy={target_accuracy}: expected a fraction in (0, 1], e.g. 0.9")
+    records, launch = fetch_records(client, experiment, grid)
+    if not records:
+        what = f"grid {grid!r}" if grid else f"experiment {experiment!r}"
+        raise UserError(f"{what}: its runs hold no params, so no configuration to compare")
+    title = f"hpcsweep report: {'grid ' + grid if grid else 'experiment ' + experiment}"
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    source = (
+        f"{len(records)} runs (the newest per configuration hash) from {shareable(client.tracking_uri)}, {stamp}. "
+        f"Means and standard deviations are over FINISHED seeds only."
+    )
+    report = analyse(records, title, source, target_accuracy)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as folder:
+        write_files(report, folder)
+    if launch:
+        client.log_artifacts(launch, str(out_dir), artifact_path="report")
+    return out_dir

@@ -1,0 +1,91 @@
+"""One training's folder and every file name in it.
+
+Each training owns a folder under `tracking.checkpoint_dir`, named after its MLflow run (when a
+launcher created the run) or else its config hash, so that running the same training again after
+an interruption finds it. It holds Lightning's checkpoints, `run.json` (which MLflow run the
+attempt logged into and whether it finished) and the logging spool. Nothing else in the project
+spells these names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hpcsweep.atomic import atomic_file
+
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best"  # Lightning's ModelCheckpoint filename, without .ckpt
+REQUEUE_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, written when SLURM signals a requeue
+RUN_STATE = "run.json"
+SPOOL_FILE = "mlflow-spool.jsonl"
+
+
+class RunFolder:
+    """A training's folder: its checkpoints, its run state and its spool's files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def under(cls, checkpoint_dir: str | Path, name: str) -> RunFolder:
+        return cls(Path(checkpoint_dir) / name)
+
+    # the logging spool (tracking/spool.py)
+    @property
+    def spool(self) -> Path:
+        return self.path / SPOOL_FILE
+
+    @property
+    def spool_sent(self) -> Path:
+        return self.path / "mlflow-spool.sent"
+
+    @property
+    def spool_rejected(self) -> Path:
+        return self.path / "mlflow-spool.rejected"
+
+    @property
+    def spool_lock(self) -> Path:
+        return self.path / "mlflow-spool.lock"
+
+    @property
+    def spooled_artifacts(self) -> Path:
+        """Copies of files waiting for upload: the caller may delete its own before they are sent."""
+        return self.path / "mlflow-spool-artifacts"
+
+    # the run state: which MLflow run this folder's attempts log into
+    def read_state(self) -> dict:
+        path = self.path / RUN_STATE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_state(self, **state) -> None:
+        merged = {**self.read_state(), **state}
+        with atomic_file(self.path / RUN_STATE) as temporary:
+            temporary.write_text(json.dumps(merged))
+
+    def resumable_run_id(self) -> str | None:
+        """The run of an interrupted attempt in this folder, if it did not finish."""
+        state = self.read_state()
+        return state.get("run_id") if not state.get("finished") else None
+
+    # checkpoints
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.path.glob("*.ckpt"))
+
+    def resume_checkpoint(self) -> Path | None:
+        """The newest checkpoint of an unfinished attempt: last.ckpt (end of an epoch) or the
+        hpc_ckpt_N.ckpt Lightning writes mid-epoch when SLURM signals a requeue."""
+        if self.resumable_run_id() is None:
+            return None
+        candidates = [self.path / LAST_CHECKPOINT, *self.path.glob(REQUEUE_CHECKPOINTS)]
+        found = [path for path in candidates if path.is_file()]
+        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+    def requeued_since(self, since: float) -> bool:
+        """Lightning wrote a requeue checkpoint after `since` (a time.time()): SLURM requeued the job."""
+        return any(path.stat().st_mtime >= since for path in self.path.glob(REQUEUE_CHECKPOINTS))
+
+    def remove_checkpoints(self) -> None:
+        """A finished run's checkpoints: left in place, Lightning would number new ones best-v1."""
+        for stale in self.checkpoints():
+            stale.unlink()

@@ -1,0 +1,63 @@
+"""What a run is labelled with: its params (the config keys) and the tags that say what produced it.
+
+Params are the config keys under their own names, so a grid axis, a `-s` override, an MLflow
+param and a report column are one word. Tags name the code, data, config and SLURM job behind
+a run, so two runs that differ in any of them are told apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from hpcsweep.config import Config
+
+# an array task is named ARRAYJOB_TASK by every SLURM command: slurm_job_id is the array's id
+# (as the launcher tags it), not the task's own SLURM_JOB_ID
+SLURM_TAGS = {"slurm_job_id": ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID"), "slurm_array_task_id": ("SLURM_ARRAY_TASK_ID",)}
+
+
+def logged_params(config: Config) -> dict[str, object]:
+    """The train keys under their own names, plus the loader, as MLflow params."""
+    return {**dataclasses.asdict(config.train), "loader": config.data.loader}
+
+
+def git_commit() -> str:
+    """The checked-out commit, with `-dirty` when the work tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_md5(prepared_dir: Path) -> str:
+    """One md5 over the prepared files, so runs on different data versions are told apart."""
+    digest = hashlib.md5()
+    for path in sorted(Path(prepared_dir).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(hashlib.md5(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_tags(config: Config) -> dict[str, str]:
+    tags = {
+        "config_hash": config.hash,
+        "git_commit": git_commit(),
+        "data_md5": data_md5(Path(config.data.prepared_dir)),
+        "host": socket.gethostname(),
+    }
+    for tag, variables in SLURM_TAGS.items():
+        value = next((os.environ[v] for v in variables if v in os.environ), None)
+        if value is not None:
+            tags[tag] = value
+    return tags

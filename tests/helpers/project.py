@@ -1,0 +1,35 @@
+"""The repository's own paths, and the rule for what a missing prerequisite does to a test.
+
+Tests shrink the real project (params.yaml, dvc.yaml, src) rather than invent one, so they need
+to find it; under CI=true a missing prerequisite is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("HPCSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer's machine that lacks something; fail in CI, where it must be there."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+
+
+def copy_project_sources(destination: Path, *names: str) -> None:
+    """Copy top-level project files (dvc.yaml, src, ...) into a temp repo for end-to-end tests."""
+    for name in names:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / name)
