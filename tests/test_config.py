@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from helpers.project import ROOT
+from helpers.runs import QUICK, hpcsweep, overrides
 from hpcsweep.config import TrainConfig, load_config
 from hpcsweep.errors import UserError
 
@@ -164,6 +167,7 @@ BAD_TRAIN_VALUES = {
 
 CONTRADICTIONS = [
     (["warmup_epochs=2", "max_epochs=2"], "warmup_epochs=2.0 must be < max_epochs=2"),
+    (["max_epochs=1", "warmup_epochs=1"], "warmup_epochs=1.0 must be < max_epochs=1"),  # set on purpose: kept
     (
         ["nesterov=true", "optimizer=adam"],
         "nesterov=true needs optimizer=sgd and momentum > 0 (got optimizer=adam, momentum=0.9)",
@@ -229,3 +233,131 @@ def test_help_and_config_errors_answer_without_importing_torch(tmp_path):
     assert mistyped.stderr.startswith("Error: -s: unknown key train.bogus_key; valid: model, optimizer, lr")
     assert mistyped.stderr.count("\n") == 1  # one line, no traceback
     assert mistyped.stdout == "torch imported: False\n"
+
+
+@pytest.fixture
+def notices(caplog):
+    """The notice lines hpcsweep gives; each is given once per process, so start afresh."""
+    from hpcsweep.params_file import notice_once
+
+    notice_once.cache_clear()
+    caplog.set_level(logging.WARNING, logger="hpcsweep")
+    return caplog
+
+
+def test_a_default_warmup_too_long_for_the_run_is_halved_with_one_notice(notices):
+    config = load_config(PARAMS, ["max_epochs=1"])
+    assert config.train.warmup_epochs == 0.5
+    assert load_config(PARAMS, ["max_epochs=1"]).hash == config.hash
+    assert [record.getMessage() for record in notices.records] == [
+        "train.warmup_epochs=1.0 from the params file does not fit max_epochs=1: using warmup_epochs=0.5, "
+        "half the run (set warmup_epochs to choose)"
+    ]
+    assert load_config(PARAMS, ["max_epochs=3"]).train.warmup_epochs == 1.0  # one that fits is kept
+
+
+@pytest.mark.slow
+def test_a_one_epoch_training_runs_on_the_default_warmup(prepared):
+    project = prepared.parent.parent
+    quick = [assignment for assignment in QUICK if not assignment.startswith("warmup_epochs=")]
+    done = hpcsweep(["train", *overrides(*quick)], project, f"sqlite:///{project / 'mlflow.db'}", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "after 1 epochs" in done.stdout
+    assert "using warmup_epochs=0.5" in done.stderr
+
+
+def project_paths(project, subfolder: str):
+    """`project`'s params.yaml with every path relative, and the subfolder to run in."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(archive="archives/cifar.tar.gz", raw_dir="data/raw", prepared_dir="data/prepared")
+    params["tracking"].update(checkpoint_dir="checkpoints", secrets_file="secrets.env")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / subfolder).mkdir(parents=True)
+    return project / subfolder
+
+
+@pytest.fixture
+def searching(monkeypatch):
+    """No params file named by the environment, and no tracking store chosen by it."""
+    for name in ("HPCSWEEP_PARAMS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_from_a_subfolder_the_projects_params_file_is_used_and_named(project, searching, notices):
+    searching.chdir(project_paths(project, "notebooks/deep"))
+    config = load_config(None, ["optimizer=adam"])
+    root = project.resolve()
+    assert config.train.optimizer == "adam"
+    assert (config.data.archive, config.data.raw_dir, config.data.prepared_dir) == (
+        str(root / "archives/cifar.tar.gz"),
+        str(root / "data/raw"),
+        str(root / "data/prepared"),
+    )
+    assert (config.tracking.checkpoint_dir, config.tracking.secrets_file) == (
+        str(root / "checkpoints"),
+        str(root / "secrets.env"),
+    )
+    assert config.tracking.uri == f"sqlite:///{root / 'mlflow.db'}"
+    assert [record.getMessage() for record in notices.records] == [f"using params file {root / 'params.yaml'}"]
+
+
+def test_in_the_params_files_folder_paths_stay_as_written(project, searching, notices):
+    project_paths(project, "sub")
+    searching.chdir(project)
+    config = load_config(None, ["data.raw_dir=elsewhere"])
+    assert (config.data.raw_dir, config.data.prepared_dir, config.tracking.checkpoint_dir) == (
+        "elsewhere",
+        "data/prepared",
+        "checkpoints",
+    )
+    assert config.tracking.uri is None and notices.records == []
+
+
+def test_the_environment_names_a_params_file_and_params_beats_it(project, searching, tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    params["train"]["optimizer"] = "rmsprop"
+    params["tracking"]["secrets_file"] = "~/.hpcsweep-secrets"
+    other = tmp_path / "elsewhere" / "site.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump(params))
+    searching.chdir(project)
+    searching.setenv("HPCSWEEP_PARAMS", str(other))
+    config = load_config()
+    assert config.train.optimizer == "rmsprop"
+    assert config.data.raw_dir == str(other.parent.resolve() / "data/raw")
+    assert config.tracking.secrets_file == "~/.hpcsweep-secrets"  # the home folder, wherever the file is
+    assert load_config(project / "params.yaml").train.optimizer == "sgd"
+    searching.setenv("HPCSWEEP_PARAMS", str(tmp_path / "missing.yaml"))
+    with pytest.raises(UserError, match=f"^HPCSWEEP_PARAMS={tmp_path / 'missing.yaml'}: params file not found"):
+        load_config()
+
+
+@pytest.mark.parametrize("boundary", [".git", ".dvc"])
+def test_the_search_stops_at_the_project_boundary(tmp_path, searching, boundary):
+    shutil.copy(PARAMS, tmp_path / "params.yaml")  # outside the project: never used
+    (tmp_path / "repo" / boundary).mkdir(parents=True)
+    (tmp_path / "repo" / "sub").mkdir()
+    searching.chdir(tmp_path / "repo" / "sub")
+    with pytest.raises(UserError) as error:
+        load_config()
+    assert str(error.value).startswith("params.yaml: params file not found")
+    assert "--params FILE" in str(error.value) and "HPCSWEEP_PARAMS" in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_command_from_a_subfolder_uses_the_projects_params_and_tracking_store(project):
+    subfolder = project_paths(project, "sub")
+    (project / "secrets.env").write_text("")
+    (project / "secrets.env").chmod(0o600)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "HPCSWEEP_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "status", "no-such-grid"],
+        cwd=subfolder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "no grid named 'no-such-grid'" in done.stderr, done.stderr
+    assert done.stderr.startswith(f"using params file {project.resolve() / 'params.yaml'}\n")
+    assert (project / "mlflow.db").is_file() and not (subfolder / "mlflow.db").exists()

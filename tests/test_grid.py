@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -87,7 +88,8 @@ def test_a_yaml_error_names_its_line(tmp_path):
         load_grid(path, ROOT / "params.yaml", {})
 
 
-def test_rendered_job_script_matches_the_snapshot():
+def snapshot_job_spec(**changes) -> JobSpec:
+    """The job array tests/snapshots/job-array.sbatch holds, with `changes`."""
     spec = JobSpec(
         name="hpcsweep-optimizers",
         array_size=12,
@@ -106,8 +108,12 @@ def test_rendered_job_script_matches_the_snapshot():
         setup=["module load cuda/12.4"],
         extra={"constraint": "a100"},
     )
+    return dataclasses.replace(spec, **changes)
+
+
+def test_rendered_job_script_matches_the_snapshot():
     expected = (Path(__file__).parent / "snapshots" / "job-array.sbatch").read_text()
-    assert render_job_script(spec) == expected
+    assert render_job_script(snapshot_job_spec()) == expected
 
 
 def test_unknown_extra_sbatch_options_and_bad_templates_are_refused():
@@ -285,3 +291,37 @@ def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking
 def test_the_study_grids_are_valid(grid_file):
     grid = load_grid(grid_file, ROOT / "params.yaml", {})
     assert grid.name == grid_file.stem and grid.points
+
+
+def test_a_rendered_job_script_turns_telemetry_off_unless_the_job_environment_chose(tmp_path):
+    spec = snapshot_job_spec(command=["env"], setup=[])
+    script = tmp_path / "job.sh"
+    # a site's own template: the defaults come with its ${setup}
+    script.write_text(render_job_script(spec, "#!/bin/bash\n${directives}\n${setup}\n${command}\n"))
+    variables = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    unset = {name: value for name, value in os.environ.items() if name not in variables}
+    for chosen, expected in (({}, "true"), (dict.fromkeys(variables, "false"), "false")):
+        done = subprocess.run(["bash", script], env={**unset, **chosen}, capture_output=True, text=True, check=True)
+        assert {f"{name}={expected}" for name in variables} <= set(done.stdout.splitlines())
+
+
+def test_a_grid_whose_base_runs_one_epoch_expands_with_the_default_warmup_fitted(tmp_path):
+    spec = {"name": "short", "base": {"max_epochs": 1}, "grid": {"optimizer": ["sgd", "adam"]}}
+    grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
+    assert [p.config.train.warmup_epochs for p in grid.points] == [0.5, 0.5]
+    point = {**spec, "base": {"max_epochs": 1, "warmup_epochs": 1}}  # set on purpose: refused
+    with pytest.raises(UserError, match=r"warmup_epochs=1\.0 must be < max_epochs=1"):
+        load_grid(write_grid(tmp_path, point), ROOT / "params.yaml", {})
+
+
+def test_grid_finds_the_projects_params_file_from_a_subfolder(project):
+    (project / "sub").mkdir()
+    grid = write_grid(project / "sub", {"name": "bad", "grid": {"optimizer": ["bogus"]}})
+    env = {key: value for key, value in os.environ.items() if key != "HPCSWEEP_PARAMS"}
+    done = subprocess.run(grid_command(grid), cwd=project / "sub", env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"using params file {project.resolve() / 'params.yaml'}",
+        f"Error: {grid}: point 0 (optimizer=bogus): train.optimizer='bogus': "
+        "valid: sgd, adam, adamw, rmsprop, adagrad, lars, lamb",
+    ]

@@ -21,6 +21,16 @@ def environment_with_slurm(uri: str) -> dict[str, str]:
     return {**environment(uri), **{key: os.environ[key] for key in keep if key in os.environ}}
 
 
+def launch_on_cluster(grid: Path, project: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=project,
+        env=environment_with_slurm(uri),
+        capture_output=True,
+        text=True,
+    )
+
+
 def children(uri: str, name: str) -> list:
     return [r for r in point_runs(uri, name) if r.data.tags["hpcsweep.role"] == "point"]
 
@@ -71,13 +81,7 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
         ],
     }  # made to fail
     grid = write_grid(slurm_project, spec)
-    done = subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=slurm_project,
-        env=environment_with_slurm(tracking_server),
-        capture_output=True,
-        text=True,
-    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("submitted job array") == 3  # shapes: 1x1, 1 node x 2 tasks, 2 nodes x 1
     wait_until(lambda: settled(tracking_server, name, 7), 600, "all 7 jobs to end")
@@ -102,13 +106,7 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     assert sum("COMPLETED" in line for line in lines[1:-1]) == 6
     assert lines[-1] == "7 points: 6 COMPLETED, 1 FAILED"
 
-    again = subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=slurm_project,
-        env=environment_with_slurm(tracking_server),
-        capture_output=True,
-        text=True,
-    )
+    again = launch_on_cluster(grid, slurm_project, tracking_server)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 of 7 points to run" in again.stdout and again.stdout.count("submitted job array") == 1
 
@@ -124,13 +122,7 @@ def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project,
             "base": {**TINY, "max_epochs": 4, "batch_size": 10, "base_batch_size": 10},
         },
     )
-    done = subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=slurm_project,
-        env=environment_with_slurm(tracking_server),
-        capture_output=True,
-        text=True,
-    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = children(tracking_server, name)
     wait_until(lambda: history(tracking_server, run.info.run_id, "val/acc"), 300, "the first epoch")
@@ -155,13 +147,7 @@ def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tr
             "base": {**TINY, "max_epochs": 50, "batch_size": 10, "base_batch_size": 10},
         },
     )
-    done = subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=slurm_project,
-        env=environment_with_slurm(tracking_server),
-        capture_output=True,
-        text=True,
-    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
     wait_until(lambda: any(r.info.status == "RUNNING" for r in children(tracking_server, name)), 300, "a running job")
     cancel = hpcsweep(["cancel", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
@@ -188,13 +174,23 @@ def test_a_partition_sbatch_rejects_shows_sbatch_message_and_creates_no_run(slur
         slurm_project,
         {"name": name, "base": TINY, "seeds": [0], "slurm": {**RESOURCES, "partition": "nosuchpartition"}},
     )
-    done = subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=slurm_project,
-        env=environment_with_slurm(tracking_server),
-        capture_output=True,
-        text=True,
-    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 1
     assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
     assert point_runs(tracking_server, name) == []
+
+
+def test_a_grid_with_the_default_mem_and_cpus_runs_on_the_dev_cluster(slurm_project, tracking_server):
+    # No mem and no cpus_per_task: params.yaml's defaults (16G, 4 CPUs) must fit a dev node, as they
+    # fit a real one, because the dev cluster declares this machine's memory and CPUs.
+    name = f"defaults{os.getpid()}"
+    grid = write_grid(
+        slurm_project,
+        {"name": name, "base": TINY, "seeds": [0], "slurm": {"partition": "debug", "time": "00:20:00"}},
+    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("submitted job array") == 1
+    wait_until(lambda: settled(tracking_server, name, 1), 600, "the job to end")
+    [run] = children(tracking_server, name)
+    assert run.info.status == "FINISHED" and "val/acc" in run.data.metrics

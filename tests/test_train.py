@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -64,6 +66,11 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
     assert {"config_hash", "git_commit", "data_md5"} <= set(run.data.tags)
     artifacts = [a.path for a in mlflow.MlflowClient(tracking_server).list_artifacts(run.info.run_id, "checkpoints")]
     assert "checkpoints/last.ckpt" in artifacts and "checkpoints/best.ckpt" in artifacts
+    client = mlflow.MlflowClient(tracking_server)
+    logged_config = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "config.json", str(project))).read_text()
+    )
+    assert logged_config["train"]["optimizer"] == "adam" and logged_config["train"]["max_epochs"] == 2
 
 
 def test_ddp_on_two_cpu_processes_is_one_run_over_disjoint_shards(prepared, tracking_server, experiment):

@@ -79,6 +79,68 @@ live_pid() {
   printf '%s\n' "$pid"
 }
 
+# --- what this machine has (both nodes declare it, see up.sh) --------------
+
+# machine_cpus: the CPUs this process may run on (nproc honours affinity and
+# cpusets, unlike /proc/cpuinfo).
+machine_cpus() {
+  nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
+}
+
+# machine_memory_mb: MemTotal in MiB (Slurm's RealMemory unit), the value
+# `slurmd -C` reports, lowered to the memory cgroup's limit when there is one:
+# inside a container /proc/meminfo shows the host's memory, not ours.
+machine_memory_mb() {
+  local kib limit file
+  kib="$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)"
+  [[ "$kib" =~ ^[0-9]+$ ]] || die "cannot read MemTotal from /proc/meminfo"
+  for file in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+    limit="$(cat "$file" 2>/dev/null)" || continue
+    # "max" (v2) or a huge number (v1's "unlimited") fail these tests.
+    if [[ "$limit" =~ ^[0-9]+$ ]] && ((limit / 1024 < kib)); then
+      kib=$((limit / 1024))
+    fi
+  done
+  printf '%d\n' $((kib / 1024))
+}
+
+# --- stopping daemons (down.sh, and up.sh when slurm.conf changed) ----------
+
+STOP_TIMEOUT=20
+
+# stop_pid PID NAME: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+  local pid="$1" name="$2" i
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    pid_running "$pid" || return 0
+    sleep 0.2
+  done
+  log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_daemon() {
+  local pidfile="$1" comm="$2" name="$3" pid
+  if pid="$(live_pid "$pidfile" "$comm")"; then
+    stop_pid "$pid" "$name"
+  fi
+  rm -f "$pidfile"
+}
+
+# stop_slurm_daemons: the slurmds and slurmctld (not munged). Running jobs
+# survive a restart on the same node declarations: their slurmstepd processes
+# are separate, and slurmctld saves its state in STATE_DIR and reads it back at
+# the next start (a changed CPU layout aborts them instead, see up.sh).
+stop_slurm_daemons() {
+  local node
+  for node in "${NODES[@]}"; do
+    stop_daemon "$(slurmd_pidfile "$node")" slurmd "slurmd $node"
+  done
+  stop_daemon "$CTLD_PIDFILE" slurmctld slurmctld
+}
+
 ctld_responds() {
   command -v scontrol >/dev/null 2>&1 || return 1
   [[ -r "$CONF_FILE" ]] || return 1

@@ -17,31 +17,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=slurm/cluster/common.sh
 source "$HERE/common.sh"
 
-STOP_TIMEOUT=20
-
 usage() {
   sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-}
-
-# stop_pid PID NAME: SIGTERM, wait, then SIGKILL.
-stop_pid() {
-  local pid="$1" name="$2" i
-  log "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
-    pid_running "$pid" || return 0
-    sleep 0.2
-  done
-  log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
-stop_daemon() {
-  local pidfile="$1" comm="$2" name="$3" pid
-  if pid="$(live_pid "$pidfile" "$comm")"; then
-    stop_pid "$pid" "$name"
-  fi
-  rm -f "$pidfile"
 }
 
 cancel_all_jobs() {
@@ -81,11 +58,7 @@ main() {
   fi
 
   [[ "$purge" -eq 1 ]] && cancel_all_jobs
-  local node
-  for node in "${NODES[@]}"; do
-    stop_daemon "$(slurmd_pidfile "$node")" slurmd "slurmd $node"
-  done
-  stop_daemon "$CTLD_PIDFILE" slurmctld slurmctld
+  stop_slurm_daemons
   stop_munged
 
   if [[ "$purge" -eq 1 ]]; then

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from hpcsweep.errors import UserError
+from hpcsweep.telemetry import disable_by_default
 
 
 class Group(click.Group):
@@ -25,17 +26,18 @@ class Group(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+# One option for every command, the grid's included, so that all of them find the same file
+params_option = click.option(
+    "--params",
+    type=click.Path(dir_okay=False),
+    help="Params file [$HPCSWEEP_PARAMS, else params.yaml here or in a folder above, within the project].",
+)
+
+
 def config_options(command):
     """Add --params and -s/--set to a command and hand it the loaded `Config` as `config`."""
 
-    @click.option(
-        "--params",
-        "params",
-        default="params.yaml",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Params file to read instead of ./params.yaml.",
-    )
+    @params_option
     @click.option(
         "-s",
         "--set",
@@ -45,7 +47,7 @@ def config_options(command):
         help="Override a key: bare keys are train keys (-s optimizer=adam), dotted keys any section.",
     )
     @functools.wraps(command)
-    def wrapper(params: str, overrides: tuple[str, ...], **kwargs):
+    def wrapper(params: str | None, overrides: tuple[str, ...], **kwargs):
         from hpcsweep.config import load_config
         from hpcsweep.tracking.credentials import load_secrets
 
@@ -60,6 +62,7 @@ def config_options(command):
 @click.version_option(package_name="hpcsweep")
 def main() -> None:
     """Training-efficiency studies of ResNet on CIFAR-10, from a laptop to a SLURM cluster."""
+    disable_by_default()  # before any command imports mlflow; jobs and servers inherit it
 
 
 @main.command()
@@ -137,7 +140,7 @@ def train(config, metrics_out: Path | None) -> None:
 )
 @click.option("--rerun", is_flag=True, help="Run every point again, even those with a finished run.")
 @click.option("--yes", is_flag=True, help="Allow grids over 1000 points.")
-@click.option("--params", default="params.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@params_option
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every point.")
 def grid(
     gridfile: Path,
@@ -148,7 +151,7 @@ def grid(
     template: Path | None,
     rerun: bool,
     yes: bool,
-    params: Path,
+    params: str | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Run every point of GRIDFILE here (local) or as SLURM job arrays, into one MLflow experiment."""
@@ -160,9 +163,10 @@ def grid(
     from hpcsweep.grid.executors.base import ExecutorSettings
     from hpcsweep.grid.launch import LaunchOptions, launch
     from hpcsweep.grid.spec import load_grid
+    from hpcsweep.params_file import find_params
     from hpcsweep.tracking.credentials import load_secrets
 
-    loaded = load_grid(gridfile, params, parse_overrides(overrides), experiment)
+    loaded = load_grid(gridfile, find_params(params), parse_overrides(overrides), experiment)
     from_file = load_secrets(loaded.points[0].config.tracking.secrets_file)
     settings = ExecutorSettings(
         template=template.read_text() if template else None, max_parallel=max_parallel, secrets_from_file=from_file

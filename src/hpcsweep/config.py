@@ -9,6 +9,7 @@ ValueError only on programming errors.
 
 Overrides: a bare key names the `train` section (`-s optimizer=adam`), a dotted key any section
 (`-s data.archive=PATH`); values are parsed as YAML scalars, so `-s data.archive=null` is None.
+Relative paths in a params file are relative to its folder (params_file.py); in -s, to the cwd.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any, Literal
 import yaml
 
 from hpcsweep.errors import UserError
+from hpcsweep.params_file import beside_the_file, find_params, fit_warmup
 from hpcsweep.training.batch_plan import per_rank_batch_size, plan_batches
 
-DEFAULT_PARAMS = Path("params.yaml")
 # The choice names live here, not beside the code that builds them, so that validating a config
 # (and with it `status`, `report` and every mistyped -s key) never imports torch. Tests check that
 # models/, training/optimizers.py and training/schedules.py can build exactly these.
@@ -150,16 +151,16 @@ class Config:
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 
 
-def load_config(params: str | Path = DEFAULT_PARAMS, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a params file, apply `key=value` overrides, validate, return the typed config."""
-    raw = read_params_file(Path(params))
-    return config_with(raw, parse_overrides(overrides), source=str(params), overrides_label="-s")
+def load_config(params: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read `params` (None: the file `find_params` finds), apply `key=value` overrides, validate."""
+    path = find_params(params)
+    return config_with(read_params_file(path), parse_overrides(overrides), source=str(path), overrides_label="-s")
 
 
 def read_params_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"{path}: params file not found (run from the project root or pass --params FILE)")
-    return read_yaml_mapping(path, f"a mapping with sections {', '.join(SECTIONS)}")
+        raise UserError(f"{path}: params file not found (pass --params FILE or set HPCSWEEP_PARAMS)")
+    return beside_the_file(read_yaml_mapping(path, f"a mapping with sections {', '.join(SECTIONS)}"), path.parent)
 
 
 def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
@@ -231,6 +232,7 @@ def config_from_dict(
         if not isinstance(values, dict):
             raise UserError(f"{source}: section {name!r} missing or not a mapping")
         sections[name] = section_from_dict(section_type, name, values, source, overridden, overrides_label)
+    sections["train"] = fit_warmup(sections["train"], overridden)
     check_train_consistency(sections["train"], source)
     return Config(**sections)
 

@@ -1,7 +1,8 @@
 """Which tracking store a command talks to, named the same way in every process of a study.
 
-`tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory. A relative
-SQLite path is made absolute before it is handed to jobs, which run in other directories.
+`tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory (beside the
+params file when that is elsewhere: params_file.py). A relative SQLite path is made absolute
+before it is handed to jobs, which run in other directories.
 While a training logs through its spool, MLflow's URI is the server's with `spool+` in front
 (store.py); processes it starts inherit that, and still mean the server itself.
 """
@@ -14,9 +15,8 @@ from pathlib import Path
 import mlflow
 
 from hpcsweep.config import Config
+from hpcsweep.params_file import DEFAULT_URI, SQLITE_PREFIX
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-SQLITE_PREFIX = "sqlite:///"
 SPOOL_PREFIX = "spool+"
 
 

@@ -30,6 +30,8 @@ from hpcsweep.tracking.client import tracking_uri
 from hpcsweep.tracking.run_folder import RunFolder
 from hpcsweep.tracking.tags import logged_params, run_tags
 
+CONFIG_ARTIFACT = "config.json"
+
 
 class TrackedRun:
     """`with TrackedRun(config, folder, run_id) as run:` opens or joins the run (rank 0), spools its
@@ -76,6 +78,12 @@ class TrackedRun:
             run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=False)
         log_missing_params(run.info.run_id, logged_params(self.config))
         mlflow.set_tags(run_tags(self.config))
+        # the whole config, paths and all, for whoever reproduces the run. Uploaded now, not at the
+        # end: MLflow builds a run's artifact repository at its first upload, from a get_run that
+        # would wait out minutes of retries if the server were away by then; built now, while the
+        # server must answer anyway, it is kept for the run's later uploads (spooled ones, for a
+        # spool+ URI)
+        mlflow.log_dict(self.config.to_dict(), CONFIG_ARTIFACT)
         mlflow.pytorch.autolog(log_models=False, checkpoint=False, log_datasets=False, silent=True)
         self.folder.write_state(run_id=run.info.run_id, finished=False)
         return run.info.run_id

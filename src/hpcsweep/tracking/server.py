@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from hpcsweep.errors import UserError
+from hpcsweep.telemetry import DEFAULTS as TELEMETRY_DEFAULTS
 from hpcsweep.tracking.credentials import redact
 
 CONNECT_TIMEOUT_S = 5
@@ -125,6 +126,13 @@ def database_pool(options: ServerOptions) -> dict[str, str]:
     }
 
 
+def server_environment(options: ServerOptions) -> dict[str, str]:
+    """The environment `mlflow server` starts in: this process's own, over the pool sizes and no
+    telemetry, so that a site's setting wins. The CLI set the telemetry defaults already; they are
+    here too because the server must not depend on how `serve` was reached."""
+    return {**database_pool(options), **TELEMETRY_DEFAULTS, **os.environ}
+
+
 def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
     """MLflow's basic-auth app: users in the same database, new users may read but not write."""
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
@@ -179,7 +187,7 @@ def serve(options: ServerOptions) -> None:
     check_port_free(options.host, options.port)
     check_backend_store(options.backend_store_uri)
     check_artifacts_destination(options.artifacts_destination)
-    environment = {**database_pool(options), **os.environ}
+    environment = server_environment(options)
     if options.auth:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
     print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -107,6 +108,10 @@ def check_enough_data(config: Config) -> None:
         )
 
 
+def not_an_advertisement(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
+
+
 def quiet_known_warnings() -> None:
     """Silence advice that does not apply here, so that real warnings stand out in job logs."""
     for message in (
@@ -115,6 +120,11 @@ def quiet_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\)",  # inside Lightning
     ):
         warnings.filterwarnings("ignore", message=message)
+    # Lightning logs an advertisement for its cloud loggers at every Trainer start, with no setting
+    # to turn it off; its other info lines (devices, precision) stay. Adding the same filter twice
+    # keeps one. The same module logs under either name, depending on how Lightning was imported.
+    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(not_an_advertisement)
 
 
 def train(config: Config, run_id: str | None = None) -> TrainResult:

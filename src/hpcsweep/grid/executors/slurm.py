@@ -25,6 +25,7 @@ from string import Template
 from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
+from hpcsweep.telemetry import shell_defaults
 from hpcsweep.tracking.credentials import environment_for_jobs
 
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
@@ -144,12 +145,15 @@ def directives(spec: JobSpec) -> list[str]:
 
 
 def render_job_script(spec: JobSpec, template: str = DEFAULT_TEMPLATE) -> str:
-    """The job script for `spec`; a site template uses the same ${directives}, ${setup}, ${command}."""
+    """The job script for `spec`; a site template uses the same ${directives}, ${setup}, ${command}.
+
+    ${setup} opens with the telemetry defaults, so a site's template gets them too, and a site or
+    user that exports its own value (on the login node or in the setup lines) keeps it."""
     check_extra_options(spec.extra)
     try:
         return Template(template).substitute(
             directives="\n".join(directives(spec)),
-            setup="\n".join(spec.setup),
+            setup="\n".join([*shell_defaults(), *spec.setup]),
             command=" ".join(shlex.quote(part) for part in spec.command),
         )
     except (KeyError, ValueError) as error:

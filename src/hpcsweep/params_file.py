@@ -1,0 +1,115 @@
+"""Which params file a command reads, and its defaults fitted to where and how long a command runs.
+
+params.yaml's defaults are written for one place and one run: the project root, and its own
+max_epochs. Commands also start in a subfolder or a job's folder, and for a single epoch; this
+module is what lets the file's defaults serve them, without touching a value the user set.
+
+Which file: `--params FILE`, else `$HPCSWEEP_PARAMS`, else the nearest params.yaml in the working
+folder or a folder above it, as git and DVC find their root: the search stops after a folder
+holding `.git` or `.dvc`, the project's boundary, so another project's file is never used. A file
+not in the working folder is named in one line on stderr.
+
+Relative paths in the file (`data.*`, `tracking.checkpoint_dir`, `tracking.secrets_file`, a
+relative SQLite `tracking.uri`, and the default SQLite store `mlflow.db` when neither
+`tracking.uri` nor MLFLOW_TRACKING_URI names one) mean paths beside the file, so every folder of
+a project reads and writes the same data, checkpoints and runs. In the file's own folder they are
+left as written, as DVC stages and every earlier run saw them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcsweep.errors import UserError
+
+if TYPE_CHECKING:
+    from hpcsweep.config import TrainConfig
+
+PARAMS_NAME = "params.yaml"
+PARAMS_VARIABLE = "HPCSWEEP_PARAMS"
+BOUNDARIES = (".git", ".dvc")
+# The store when neither tracking.uri nor MLFLOW_TRACKING_URI names one (tracking/client.py)
+DEFAULT_URI = "sqlite:///mlflow.db"
+SQLITE_PREFIX = "sqlite:///"
+PATH_KEYS = {"data": ("archive", "raw_dir", "prepared_dir"), "tracking": ("checkpoint_dir", "secrets_file")}
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def notice_once(message: str) -> None:
+    """A notice line on stderr, once per process: a grid reads the same defaults once per point."""
+    log.warning(message)
+
+
+def find_params(explicit: str | Path | None) -> Path:
+    """`--params`, else $HPCSWEEP_PARAMS, else the nearest params.yaml within the project.
+
+    When the search finds nothing it returns ./params.yaml, for read_params_file's "not found" line.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    named = os.environ.get(PARAMS_VARIABLE)
+    if named:
+        if not Path(named).is_file():
+            raise UserError(f"{PARAMS_VARIABLE}={named}: params file not found; point it at a params.yaml or unset it")
+        return name_if_elsewhere(Path(named))
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_NAME).is_file():
+            # Found here, the path stays relative: errors read "params.yaml: ..." as they always did
+            return Path(PARAMS_NAME) if folder == here else name_if_elsewhere(folder / PARAMS_NAME)
+        if any((folder / boundary).exists() for boundary in BOUNDARIES):
+            break
+    return Path(PARAMS_NAME)
+
+
+def name_if_elsewhere(path: Path) -> Path:
+    if path.resolve().parent != Path.cwd().resolve():
+        notice_once(f"using params file {path.resolve()}")
+    return path
+
+
+def beside_the_file(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`raw` (a params mapping, not modified) with its relative paths made absolute against `folder`."""
+    folder = folder.resolve()
+    if folder == Path.cwd().resolve():
+        return raw
+    fitted = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for section, keys in PATH_KEYS.items():
+        values = fitted.get(section)
+        for key in keys if isinstance(values, dict) else ():
+            # An empty or non-string value stays as it is, for validation to name it; ~ is the home folder
+            if isinstance(values.get(key), str) and values[key].strip() and not values[key].startswith("~"):
+                values[key] = str(folder / values[key])
+    tracking = fitted.get("tracking")
+    if isinstance(tracking, dict):
+        # tracking.uri wins over MLFLOW_TRACKING_URI, so the default is filled in only when neither is set
+        uri = tracking.get("uri") or (None if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_URI)
+        if isinstance(uri, str) and uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+            tracking["uri"] = SQLITE_PREFIX + str(folder / uri.removeprefix(SQLITE_PREFIX))
+    return fitted
+
+
+def fit_warmup(train: TrainConfig, overridden: Collection[str]) -> TrainConfig:
+    """The params file's warm-up, halved to the run's length when the run is too short for it.
+
+    Refusing it would refuse the quickest run a user types (`-s max_epochs=1`) over a default they
+    never set. Half the run is the file's own proportion (1 of 2 epochs) and leaves the decay at
+    least as long as the warm-up. A warm-up set on purpose (-s, a grid's base or point) is kept,
+    for check_train_consistency to refuse if it cannot fit.
+    """
+    if "train.warmup_epochs" in overridden or train.warmup_epochs < train.max_epochs:
+        return train
+    fitted = train.max_epochs / 2
+    notice_once(
+        f"train.warmup_epochs={train.warmup_epochs} from the params file does not fit max_epochs={train.max_epochs}: "
+        f"using warmup_epochs={fitted}, half the run (set warmup_epochs to choose)"
+    )
+    return dataclasses.replace(train, warmup_epochs=fitted)
