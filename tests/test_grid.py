@@ -117,23 +117,10 @@ def test_rendered_job_script_matches_the_snapshot():
 
 
 def test_unknown_extra_sbatch_options_and_bad_templates_are_refused():
-    spec = JobSpec(
-        name="x",
-        array_size=1,
-        max_parallel=1,
-        nodes=1,
-        tasks_per_node=1,
-        cpus_per_task=1,
-        mem="1G",
-        time="00:10:00",
-        workdir=Path("/w"),
-        log_dir=Path("/w/logs"),
-        command=["true"],
-        extra={"ntasks": 8},
-    )
+    spec = snapshot_job_spec(extra={"ntasks": 8})
     with pytest.raises(UserError, match="unknown or config-controlled option 'ntasks'; valid: account, begin"):
         render_job_script(spec)
-    ok = JobSpec(**{**spec.__dict__, "extra": {}})
+    ok = snapshot_job_spec(extra={})
     with pytest.raises(UserError, match=r"unknown or malformed placeholder 'gpus'"):
         render_job_script(ok, "#!/bin/bash\n${directives}\n${gpus}\n")
 

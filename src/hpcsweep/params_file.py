@@ -92,9 +92,16 @@ def beside_the_file(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     if isinstance(tracking, dict):
         # tracking.uri wins over MLFLOW_TRACKING_URI, so the default is filled in only when neither is set
         uri = tracking.get("uri") or (None if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_URI)
-        if isinstance(uri, str) and uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
-            tracking["uri"] = SQLITE_PREFIX + str(folder / uri.removeprefix(SQLITE_PREFIX))
+        if isinstance(uri, str):
+            tracking["uri"] = sqlite_beside(uri, folder)
     return fitted
+
+
+def sqlite_beside(uri: str, folder: Path) -> str:
+    """A relative SQLite URI made absolute against `folder`; any other URI as it is."""
+    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
+        return SQLITE_PREFIX + str((folder / uri.removeprefix(SQLITE_PREFIX)).resolve())
+    return uri
 
 
 def fit_warmup(train: TrainConfig, overridden: Collection[str]) -> TrainConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 
 from hpcsweep.config import Config
-from hpcsweep.params_file import DEFAULT_URI, SQLITE_PREFIX
+from hpcsweep.params_file import DEFAULT_URI, sqlite_beside
 
 SPOOL_PREFIX = "spool+"
 
@@ -30,9 +30,7 @@ def tracking_uri(config: Config) -> str:
 
 def absolute_uri(uri: str) -> str:
     """A relative SQLite path would mean a different file in every job's working directory."""
-    if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/"):
-        return SQLITE_PREFIX + str(Path(uri[len(SQLITE_PREFIX) :]).resolve())
-    return uri
+    return sqlite_beside(uri, Path.cwd())
 
 
 def tracking_client(config: Config) -> mlflow.MlflowClient:
