@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from helpers.runs import TINY, environment, grid_command, history, hpcsweep, point_runs, write_grid
@@ -43,19 +44,19 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
 
 
 def settled(uri: str, name: str, count: int) -> bool:
-    """Every run ended, or (a job that died before training could not say so) no job is left queued."""
+    """All `count` runs exist and none of their jobs is left in the queue.
+
+    The queue, not the runs, is the signal: a run ends a moment before its job does (the job still
+    tears down), and a job that died before training never ends its run at all.
+    """
     runs = children(uri, name)
-    if len(runs) >= count and all(r.info.status not in ("SCHEDULED", "RUNNING") for r in runs):
-        return True
     jobs = sorted({r.data.tags["slurm_job_id"] for r in runs if "slurm_job_id" in r.data.tags})
-    queue = (
-        subprocess.run(
-            ["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True, env=environment_with_slurm(uri)
-        ).stdout.strip()
-        if jobs
-        else "pending"
+    if len(runs) < count or not jobs:
+        return False
+    queue = subprocess.run(
+        ["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True, env=environment_with_slurm(uri)
     )
-    return bool(jobs) and not queue and len(runs) >= count
+    return not queue.stdout.strip()
 
 
 @pytest.fixture
@@ -134,6 +135,68 @@ def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project,
     assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0, 1, 2, 3]
     log = next(Path(slurm_project).glob(f"runs/{name}/*/logs/*.out")).read_text()
     assert "Handling auto-requeue signal" in log or "requeing job" in log
+
+
+def test_a_time_limit_inside_the_requeue_signals_lead_is_refused_before_submission(slurm_project, tracking_server):
+    name = f"short{os.getpid()}"
+    grid = write_grid(
+        slurm_project, {"name": name, "base": TINY, "seeds": [0], "slurm": {**RESOURCES, "time": "00:01:00"}}
+    )
+    done = launch_on_cluster(grid, slurm_project, tracking_server)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: point 0 (seed=0): slurm.time=00:01:00 leaves 0 s of training before SIGUSR1, which SLURM sends "
+        "90 s before the limit to checkpoint and requeue; use at least 00:03:00"
+    )
+    assert point_runs(tracking_server, name) == [] and not (slurm_project / "runs" / name).exists()
+
+
+def test_a_job_requeued_again_and_again_without_an_epoch_stops_after_its_budget(slurm_project, tracking_server):
+    name = f"budget{os.getpid()}"
+    slow_epoch = {**TINY, "model": "resnet18", "max_epochs": 2, "batch_size": 2, "base_batch_size": 2}
+    spec = {"name": name, "base": slow_epoch, "seeds": [0], "slurm": {**RESOURCES, "max_requeues": 2}}
+    done = launch_on_cluster(write_grid(slurm_project, spec), slurm_project, tracking_server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = children(tracking_server, name)
+    job, folder = f"{run.data.tags['slurm_job_id']}_0", slurm_project / "checkpoints" / run.info.run_id
+
+    def log() -> str:
+        found = list(slurm_project.glob(f"runs/{name}/*/logs/*.out"))
+        return found[0].read_text() if found else ""
+
+    def failed() -> bool:
+        return mlflow.MlflowClient(tracking_server).get_run(run.info.run_id).info.status == "FAILED"
+
+    signalled = 0
+    while not failed():  # each attempt, once training holds its signal handler (and has resumed): SIGUSR1
+        assert signalled <= 5, "the job went on requeueing past its budget"
+        wait_until(
+            lambda: (
+                failed()
+                or (
+                    log().count("Setting signal handlers") > signalled
+                    and log().count("Restored all states from the checkpoint") >= signalled
+                )
+            ),
+            300,
+            f"attempt {signalled + 1} to train",
+        )
+        if failed():
+            break
+        subprocess.run(
+            ["scancel", "--signal=USR1", "--full", job], check=True, env=environment_with_slurm(tracking_server)
+        )
+        signalled += 1
+        wait_until(lambda: log().count("Requeued SLURM job") >= signalled, 300, f"requeue {signalled}")
+        assert len(list(folder.glob("hpc_ckpt_*.ckpt"))) <= 1
+    wait_until(lambda: settled(tracking_server, name, 1), 300, "the job to end")
+    assert signalled == 2  # every attempt was signalled mid-epoch: its epoch is minutes long on a CPU
+    reason = mlflow.MlflowClient(tracking_server).get_run(run.info.run_id).data.tags["hpcsweep.failure_reason"]
+    assert reason.startswith(f"job {job} was requeued 2 times in a row without finishing an epoch")
+    assert [path.name for path in folder.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_2.ckpt"]
+    status = hpcsweep(["status", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
+    [row] = status.stdout.splitlines()[1:-1]
+    assert row.startswith("FAILED") and "FAILED" in row.split()[1] and row.endswith(f"({reason})")
 
 
 def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tracking_server):

@@ -121,6 +121,7 @@ class SlurmConfig:
     cpus_per_task: int = rule(ge=1)
     mem: str = rule(pattern=r"\d+[KMGT]?", hint="a size such as 32G")
     max_parallel: int = rule(ge=1)
+    max_requeues: int = rule(ge=1)
     account: str | None
     qos: str | None
     setup: list[str]

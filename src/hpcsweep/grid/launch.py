@@ -70,6 +70,7 @@ def preflight(grid: Grid, options: LaunchOptions) -> None:
         raise UserError(f"{grid.path}: {len(grid.points)} points; grids over {MAX_POINTS_WITHOUT_YES} need --yes")
     if not options.dry_run:
         options.executor.check()
+    options.executor.check_points(grid.points)
     for prepared in sorted({Path(p.config.data.prepared_dir) for p in grid.points}):
         if not (prepared / "stats.json").is_file():
             raise UserError(

@@ -15,6 +15,7 @@ import mlflow
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors import slurm
+from hpcsweep.tracking.tags import FAILURE_REASON
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,12 @@ class Row:
     slurm_state: str
     val_acc: float | None
     run_id: str
+    failure_reason: str | None = None
 
     def line(self) -> str:
         accuracy = f"{self.val_acc:.4f}" if self.val_acc is not None else "-"
-        return f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}"
+        reason = f"  ({self.failure_reason})" if self.failure_reason else ""
+        return f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}{reason}"
 
 
 def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
@@ -48,6 +51,7 @@ def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
             states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-",
             run.data.metrics.get("val/acc"),
             run.info.run_id,
+            run.data.tags.get(FAILURE_REASON),
         )
         for run in runs
     ]

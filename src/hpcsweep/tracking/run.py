@@ -24,11 +24,12 @@ import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from hpcsweep.config import Config
+from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
 from hpcsweep.tracking.client import tracking_uri
 from hpcsweep.tracking.run_folder import RunFolder
-from hpcsweep.tracking.tags import logged_params, run_tags
+from hpcsweep.tracking.tags import FAILURE_REASON, logged_params, run_tags
 
 CONFIG_ARTIFACT = "config.json"
 
@@ -67,6 +68,13 @@ class TrackedRun:
 
     def __exit__(self, *exc_info) -> None:
         self._exit_stack.close()
+
+    def give_up(self, reason: str) -> None:
+        """End the run FAILED with `reason` as its tag, and stop this process with `reason` as its error."""
+        self.status = "FAILED"
+        if self.is_logging:
+            mlflow.set_tag(FAILURE_REASON, reason)
+        raise UserError(reason)
 
     def _open(self) -> str:
         """Open (or reopen) the run, log params and tags, switch autologging on."""

@@ -85,6 +85,23 @@ class RunFolder:
         """Lightning wrote a requeue checkpoint after `since` (a time.time()): SLURM requeued the job."""
         return any(path.stat().st_mtime >= since for path in self.path.glob(REQUEUE_CHECKPOINTS))
 
+    def record_requeue(self, job: str | None, started: float) -> None:
+        """The attempt that started at `started` was requeued as `job`: count it as stalled unless it
+        finished an epoch (wrote last.ckpt), and keep only the newest requeue checkpoint."""
+        last = self.path / LAST_CHECKPOINT
+        progressed = last.is_file() and last.stat().st_mtime >= started
+        stalled = 0 if progressed else self.stalled_requeues(job) + 1
+        self.write_state(stalled_requeues={"job": job, "count": stalled})
+        newest_first = sorted(self.path.glob(REQUEUE_CHECKPOINTS), key=lambda path: path.stat().st_mtime, reverse=True)
+        for older in newest_first[1:]:
+            older.unlink()
+
+    def stalled_requeues(self, job: str | None) -> int:
+        """How often in a row `job` was requeued without finishing an epoch. Another job (a relaunch,
+        a resubmission by hand) starts from nothing."""
+        stalled = self.read_state().get("stalled_requeues") or {}
+        return stalled.get("count", 0) if stalled.get("job") == job else 0
+
     def remove_checkpoints(self) -> None:
         """A finished run's checkpoints: left in place, Lightning would number new ones best-v1."""
         for stale in self.checkpoints():

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from hpcsweep.config import Config
 
+# why a run ended FAILED, where hpcsweep knows better than a traceback (shown by `hpcsweep status`)
+FAILURE_REASON = "hpcsweep.failure_reason"
+
 # an array task is named ARRAYJOB_TASK by every SLURM command: slurm_job_id is the array's id
 # (as the launcher tags it), not the task's own SLURM_JOB_ID
 SLURM_TAGS = {"slurm_job_id": ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID"), "slurm_array_task_id": ("SLURM_ARRAY_TASK_ID",)}

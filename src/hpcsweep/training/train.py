@@ -25,7 +25,7 @@ from hpcsweep.config import Config
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.errors import UserError
-from hpcsweep.ranks import global_rank
+from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
 from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, RunFolder
 from hpcsweep.training.batch_plan import per_rank_batch_size
@@ -143,7 +143,20 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     if global_rank() == 0 and not resume:
         folder.remove_checkpoints()
     with TrackedRun(config, folder, run_id) as run:
+        check_requeue_budget(config, run)
         return fit(config, run, resume, per_rank)
+
+
+def check_requeue_budget(config: Config, run: TrackedRun) -> None:
+    """A job that SLURM keeps requeueing before it finishes an epoch (a time limit too short for
+    one, a partition that preempts it at once) would requeue forever: give up after the budget."""
+    stalled = run.folder.stalled_requeues(slurm_job())
+    if stalled >= config.slurm.max_requeues:
+        run.give_up(
+            f"job {slurm_job()} was requeued {stalled} times in a row without finishing an epoch "
+            f"(slurm.max_requeues={config.slurm.max_requeues}): give each job more time (slurm.time) "
+            f"or make an epoch shorter"
+        )
 
 
 def fit(config: Config, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
@@ -166,6 +179,8 @@ def fit(config: Config, run: TrackedRun, resume: Path | None, per_rank: int) -> 
         # SLURM's SIGUSR1: Lightning saved an hpc checkpoint and requeued the job, which is
         # now being stopped; the run waits for the restarted job, SCHEDULED, not KILLED
         run.status = "SCHEDULED" if run.folder.requeued_since(started) else "KILLED"
+        if run.status == "SCHEDULED" and global_rank() == 0:
+            run.folder.record_requeue(slurm_job(), started)
         raise
     finally:
         result = collect_result(run.id, run.status, trainer, module, efficiency)

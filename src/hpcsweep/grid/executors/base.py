@@ -1,9 +1,9 @@
 """The one interface local and SLURM execution share, so `launch` never asks which one it holds.
 
 As in submitit, every executor answers the same steps, called by launch in the same order: check
-(before anything is created), prepare (write what a batch needs), test (would the scheduler take
-it; still before any run exists), submit, and live jobs (for a relaunch). Another scheduler is one
-more class, not another branch in launch. Executors know their scheduler and nothing of MLflow:
+and check points (before anything is created), prepare (write what a batch needs), test (would
+the scheduler take it; still before any run exists), submit, and live jobs (for a relaunch).
+Another scheduler is one more class, not another branch in launch. Executors know their scheduler and nothing of MLflow:
 what happened to a batch's runs (a point stopped by Ctrl-C, a refused submission, a job id) they
 report through `BatchRuns`, which launch implements.
 """
@@ -64,6 +64,9 @@ class Executor(ABC):
 
     def check(self) -> None:
         """Fail with one line, before anything is created, if batches cannot run from here."""
+
+    def check_points(self, points: list[Point]) -> None:
+        """Fail with one line naming the point, before anything is created, if a point cannot run here."""
 
     def prepare(self, batch: Batch) -> None:
         """Write what running the batch needs besides its points file (a job script)."""

@@ -6,7 +6,8 @@ behind the executor interface. One array per resource shape; each task reads its
 JSON file written at launch and runs `srun` with one task per device, so Lightning's
 SLURMEnvironment sets up DDP from SLURM's variables. `--signal=SIGUSR1@90` with `--requeue` lets
 Lightning checkpoint and requeue before a time limit or preemption; the restarted task resumes
-into the same MLflow run.
+into the same MLflow run. A time limit must leave at least as much training as the signal's lead,
+or every restart would be signalled at once and requeue again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from string import Template
 from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
+from hpcsweep.grid.spec import Point
 from hpcsweep.telemetry import shell_defaults
 from hpcsweep.tracking.credentials import environment_for_jobs
 
@@ -72,6 +74,10 @@ EXTRA_OPTIONS = (
     "uid",
     "wckey",
 )
+
+# SIGUSR1 comes this long before the time limit: Lightning's checkpoint and requeue must fit in it
+REQUEUE_SIGNAL_LEAD_S = 90
+TIME_LIMIT = re.compile(r"(?:(\d+)-)?(\d+):(\d+):(\d+)")  # slurm.time, as config.py allows it
 
 DEFAULT_TEMPLATE = """#!/bin/bash
 ${directives}
@@ -133,7 +139,7 @@ def directives(spec: JobSpec) -> list[str]:
         "chdir": spec.workdir,
         "output": spec.log_dir / "%A_%a.out",
         "open-mode": "append",
-        "signal": "SIGUSR1@90",
+        "signal": f"SIGUSR1@{REQUEUE_SIGNAL_LEAD_S}",
         "gpus-per-node": spec.gpus_per_node,
         "partition": spec.partition,
         "account": spec.account,
@@ -142,6 +148,23 @@ def directives(spec: JobSpec) -> list[str]:
     }
     lines = [f"#SBATCH --{name}={value}" for name, value in options.items() if value is not None]
     return [*lines, "#SBATCH --requeue"]
+
+
+def time_limit_s(time: str) -> int:
+    days, hours, minutes, seconds = (int(part or 0) for part in TIME_LIMIT.fullmatch(time).groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def check_time_limit(point: Point) -> None:
+    """Refuse a time limit that leaves less training than the requeue signal's lead before it."""
+    limit, shortest = time_limit_s(point.config.slurm.time), 2 * REQUEUE_SIGNAL_LEAD_S
+    if limit < shortest:
+        raise UserError(
+            f"point {point.index} ({point.label}): slurm.time={point.config.slurm.time} leaves "
+            f"{max(limit - REQUEUE_SIGNAL_LEAD_S, 0)} s of training before SIGUSR1, which SLURM sends "
+            f"{REQUEUE_SIGNAL_LEAD_S} s before the limit to checkpoint and requeue; use at least "
+            f"{shortest // 3600:02d}:{shortest // 60 % 60:02d}:{shortest % 60:02d}"
+        )
 
 
 def render_job_script(spec: JobSpec, template: str = DEFAULT_TEMPLATE) -> str:
@@ -265,6 +288,10 @@ class SlurmExecutor(Executor):
 
     def check(self) -> None:
         require_sbatch()
+
+    def check_points(self, points: list[Point]) -> None:
+        for point in points:
+            check_time_limit(point)
 
     def prepare(self, batch: Batch) -> None:
         (batch.folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
