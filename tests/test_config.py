@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
 
 from helpers.project import ROOT
 from helpers.runs import QUICK, hpcsweep, overrides
-from hpcsweep.config import TrainConfig, load_config
+from hpcsweep.config import SECTIONS, TrainConfig, load_config
 from hpcsweep.errors import UserError
 
 PARAMS = ROOT / "params.yaml"
@@ -199,6 +200,7 @@ def test_contradicting_keys_are_refused_before_training(assignments, expected):
 # Runs `hpcsweep ARGS...` in-process, then says on its last stdout line whether torch got imported.
 CLI_THEN_REPORT_TORCH = """
 import sys
+import typing
 from hpcsweep.cli import main
 try:
     main(sys.argv[1:], prog_name="hpcsweep")
@@ -361,3 +363,56 @@ def test_a_command_from_a_subfolder_uses_the_projects_params_and_tracking_store(
     assert done.returncode == 1 and "no grid named 'no-such-grid'" in done.stderr, done.stderr
     assert done.stderr.startswith(f"using params file {project.resolve() / 'params.yaml'}\n")
     assert (project / "mlflow.db").is_file() and not (subfolder / "mlflow.db").exists()
+
+
+def every_float_key() -> list[str]:
+    """`section.key` of every field that holds a float, read from the Config's own type hints."""
+    keys = []
+    for section, section_type in SECTIONS.items():
+        for name, annotation in typing.get_type_hints(section_type).items():
+            if float in (typing.get_args(annotation) or (annotation,)):
+                keys.append(f"{section}.{name}")
+    return keys
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan"])
+def test_non_finite_floats_are_refused_for_every_float_key(text):
+    keys = every_float_key()
+    assert {"train.lr", "train.weight_decay", "tracking.flush_timeout_s"} <= set(keys)
+    for key in keys:
+        with pytest.raises(UserError) as error:
+            load_config(PARAMS, [f"{key}={text}"])
+        assert "expected a finite number" in str(error.value) and f"{key}=" in str(error.value), key
+
+
+SLURM_INJECTIONS = {
+    "partition": "gpu\nrm -rf ~",
+    "account": "proj42 --time=99:00:00",
+    "qos": "high\n#SBATCH --nodes=64",
+    "extra": {"comment": "x --nodes=64"},
+}
+
+
+@pytest.mark.parametrize("key", SLURM_INJECTIONS)
+def test_slurm_values_that_would_inject_a_line_or_an_option_are_refused(tmp_path, key):
+    params = yaml.safe_load(PARAMS.read_text())
+    params["slurm"][key] = SLURM_INJECTIONS[key]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: slurm.{key}=") and "\n" not in message
+    assert "no spaces" in message
+
+
+def test_ordinary_slurm_values_still_load():
+    values = [
+        "slurm.partition=gpu,debug",
+        "slurm.account=proj-42.a",
+        "slurm.qos=normal",
+        "slurm.extra={constraint: 'a100&nvlink', gres: 'gpu:a100:2', mail-user: u@example.org, nice: -5}",
+    ]
+    slurm = load_config(PARAMS, values).slurm
+    assert (slurm.partition, slurm.account, slurm.qos) == ("gpu,debug", "proj-42.a", "normal")
+    assert slurm.extra == {"constraint": "a100&nvlink", "gres": "gpu:a100:2", "mail-user": "u@example.org", "nice": -5}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -61,7 +62,9 @@ def test_what_came_from_the_file_is_not_handed_to_jobs(secrets_file, monkeypatch
     assert for_jobs["MLFLOW_TRACKING_USERNAME"] == "alice"
 
 
-def test_sbatch_is_handed_the_environment_less_what_came_from_the_file(secrets_file, tmp_path, monkeypatch):
+def environment_sbatch_sees(secrets_file, tmp_path, monkeypatch, **shell: str) -> dict[str, str]:
+    """The environment the SLURM executor hands sbatch (a stand-in sbatch on PATH writes it down),
+    with `shell` exported in the launching shell and `secrets_file` loaded."""
     from hpcsweep.grid.executors.base import Batch, ExecutorSettings
     from hpcsweep.grid.executors.slurm import SlurmExecutor
 
@@ -71,14 +74,73 @@ def test_sbatch_is_handed_the_environment_less_what_came_from_the_file(secrets_f
     fake_sbatch.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_sbatch.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SEEN_ENVIRONMENT", str(tmp_path / "seen"))
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
     executor = SlurmExecutor(ExecutorSettings(secrets_from_file=credentials.load_secrets(str(secrets_file))))
     executor.test(Batch(0, "grid", [], tmp_path, script=tmp_path / "job-0.sbatch"))
-    seen = (tmp_path / "seen").read_text().splitlines()
-    assert "MLFLOW_TRACKING_USERNAME=alice" in seen
-    assert not [line for line in seen if line.startswith(("AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="))]
+    return dict(line.split("=", 1) for line in (tmp_path / "seen").read_text().splitlines() if "=" in line)
 
 
-def test_passwords_in_uris_are_redacted():
-    assert credentials.redact("postgresql://mlflow:pw@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
-    assert credentials.redact("http://host:5000") == "http://host:5000"
+def test_sbatch_is_handed_the_environment_less_what_came_from_the_file(secrets_file, tmp_path, monkeypatch):
+    seen = environment_sbatch_sees(secrets_file, tmp_path, monkeypatch, MLFLOW_TRACKING_USERNAME="alice")
+    assert seen["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & seen.keys()
+
+
+def test_only_the_secrets_a_job_needs_reach_sbatch(secrets_file, tmp_path, monkeypatch):
+    shell = {
+        "MLFLOW_TRACKING_PASSWORD": "writer-pw",  # the job logs with it
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw",  # the server's, never a job's
+        "GITHUB_TOKEN": "ghp-token",
+        "HF_API_KEY": "hf-key",
+        "DATABASE_URL": "postgresql://app:db-pw@db/app",
+    }
+    seen = environment_sbatch_sees(secrets_file, tmp_path, monkeypatch, **shell)
+    assert seen["MLFLOW_TRACKING_PASSWORD"] == "writer-pw" and seen["PWD"] and seen["HOME"] == os.environ["HOME"]
+    assert not {"MLFLOW_AUTH_ADMIN_PASSWORD", "GITHUB_TOKEN", "HF_API_KEY", "DATABASE_URL"} & seen.keys()
+
+
+@pytest.mark.parametrize(
+    ("uri", "redacted"),
+    [
+        ("postgresql://mlflow:pw@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        ("http://host:5000", "http://host:5000"),
+        ("sqlite:///tmp/mlflow.db", "sqlite:///tmp/mlflow.db"),
+        ("postgresql://mlflow:a/b@c@db/mlflow", "postgresql://mlflow:***@db/mlflow"),
+        ("http://alice:p%40ss@host:5000/", "http://alice:***@host:5000/"),
+        (
+            "postgresql://mlflow@db/mlflow?sslmode=require&password=pw",
+            "postgresql://mlflow@db/mlflow?sslmode=require&password=***",
+        ),
+        (
+            "http://host/api?run_id=1&access_token=tk#id_token=tk",
+            "http://host/api?run_id=1&access_token=***#id_token=***",
+        ),
+        (
+            "https://s3.site/b/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12&X-Amz-Expires=60",
+            "https://s3.site/b/k?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
+        ),
+        ("https://ghp_0123456789abcdefghijKLMN@github.com/o/r", "https://***@github.com/o/r"),
+        ("http://mlflow@host:5000", "http://mlflow@host:5000"),
+    ],
+)
+def test_passwords_tokens_and_secret_query_values_in_uris_are_redacted(uri, redacted):
+    assert credentials.redact(uri) == redacted
+
+
+def test_every_uri_and_secret_in_an_error_text_is_redacted():
+    text = (
+        "API request to http://alice:s3cr3t@host:5000/api/2.0/mlflow/runs/get?run_id=7 failed with exception "
+        "HTTPConnectionPool(host='host', port=5000): Max retries exceeded with url: /x?token=tk-1 "
+        "(connection to 'host=db user=mlflow password=pg-pw'); headers {'Authorization': 'Bearer eyJ.abc'}"
+    )
+    redacted = credentials.redact_text(text)
+    assert not {"s3cr3t", "tk-1", "pg-pw", "eyJ.abc"} & set(re.findall(r"[\w.-]+", redacted))
+    assert "http://alice:***@host:5000/api/2.0/mlflow/runs/get?run_id=7" in redacted
+
+
+def test_a_document_keeps_its_shape_with_every_string_redacted():
+    document = {"tracking": {"uri": "http://a:pw@h", "port": 5000, "hosts": ["postgresql://u:pw@db/x"]}}
+    assert credentials.redact_values(document) == {
+        "tracking": {"uri": "http://a:***@h", "port": 5000, "hosts": ["postgresql://u:***@db/x"]}
+    }

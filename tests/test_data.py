@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.synthetic import write_archive
-from hpcsweep.data.cifar10 import ARCHIVE_NAME, download, import_archive, read_archive
+from helpers.synthetic import BATCHES, CLASSES, batch, write_archive
+from hpcsweep.data.cifar10 import ARCHIVE_NAME, MAX_MEMBER_BYTES, download, import_archive, read_archive
 from hpcsweep.data.prepare import prepare
 from hpcsweep.errors import UserError
 
@@ -185,3 +185,77 @@ def test_unreachable_url_says_what_to_do_offline(tmp_path):
     with pytest.raises(UserError, match="offline\\? set data.archive to a local cifar-10-python.tar.gz"):
         download(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5="0" * 32)
     assert not (tmp_path / ARCHIVE_NAME).exists()
+
+
+def write_members(path: Path, members: dict[str, object], big: dict[str, int] | None = None) -> Path:
+    """An archive in the official layout holding these pickled members (and `big`: name -> size of zeros)."""
+    import io
+    import pickle
+    import tarfile
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        payloads = {name: pickle.dumps(content, protocol=2) for name, content in members.items()}
+        payloads |= {name: bytes(size) for name, size in (big or {}).items()}
+        for name, payload in payloads.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def official_members(per_batch: int = 4) -> dict[str, dict]:
+    """The synthetic archive's members as Python objects, to break one of them."""
+    rng = np.random.default_rng(0)
+    members = {name: batch(per_batch, rng, name, bad_shape=False, bad_label=False) for name in BATCHES}
+    members["batches.meta"] = {b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CLASSES]}
+    return members
+
+
+def with_labels(labels: object) -> dict[str, dict]:
+    members = official_members()
+    members["data_batch_2"][b"labels"] = labels
+    return members
+
+
+def with_meta(key: bytes, value: object) -> dict[str, dict]:
+    members = official_members()
+    members["batches.meta"][key] = value
+    return members
+
+
+MALFORMED = {
+    "string labels": (with_labels(["cat", "dog", "cat", "dog"]), "data_batch_2: label 'cat' (str) is not an integer"),
+    "float labels": (with_labels([1.0, 2.5, 3.0, 4.0]), "data_batch_2: label 1.0 (float) is not an integer"),
+    "huge labels": (with_labels([1, 2, 3, 2**70]), f"data_batch_2: labels range 1..{2**70}; expected 0..9"),
+    "labels not a list": (with_labels(7), "data_batch_2: labels is int; expected a list of integers"),
+    "label_names a number": (with_meta(b"label_names", 7), "batches.meta: label_names=7; expected ['airplane'"),
+    "label_names undecodable": (
+        with_meta(b"label_names", [b"\xff"] * 10),
+        "batches.meta: label_names=[b'\\xff'",
+    ),
+    "count as text": (with_meta(b"num_cases_per_batch", "4"), "batches.meta: num_cases_per_batch='4'; expected a"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_contents_that_pass_the_pickle_allow_list_are_one_line_naming_the_member(tmp_path, case):
+    members, words = MALFORMED[case]
+    archive = write_members(tmp_path / "malformed.tar.gz", members)
+    with pytest.raises(UserError) as error:
+        import_archive(archive, tmp_path / "raw")
+    message = str(error.value)
+    assert message.startswith(f"{archive}: cifar-10-batches-py/") and words in message and "\n" not in message
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_member_larger_than_any_cifar_batch_is_refused_before_it_is_read(tmp_path):
+    members = official_members()
+    del members["data_batch_1"]
+    archive = write_members(tmp_path / "bomb.tar.gz", members, big={"data_batch_1": MAX_MEMBER_BYTES + 1})
+    assert archive.stat().st_size < MAX_MEMBER_BYTES // 100  # zeros: a small archive, a huge member
+    with pytest.raises(UserError) as error:
+        read_archive(archive)
+    assert str(error.value) == (
+        f"{archive}: cifar-10-batches-py/data_batch_1 is {MAX_MEMBER_BYTES + 1} bytes; a CIFAR-10 batch is about "
+        f"31 MB (at most {MAX_MEMBER_BYTES} bytes are read)"
+    )

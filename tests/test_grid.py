@@ -204,6 +204,9 @@ def test_ctrl_c_kills_the_running_point_and_leaves_the_others_scheduled(prepared
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # as from a terminal: a test run in the background of a non-interactive shell ignores SIGINT,
+        # and the launcher would inherit that and rightly go on (as under nohup)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
     while not any(
@@ -312,3 +315,51 @@ def test_grid_finds_the_projects_params_file_from_a_subfolder(project):
         f"Error: {grid}: point 0 (optimizer=bogus): train.optimizer='bogus': "
         "valid: sgd, adam, adamw, rmsprop, adagrad, lars, lamb",
     ]
+
+
+def test_a_million_point_grid_is_refused_from_its_axes_before_any_point_is_validated(tmp_path):
+    axes = {"lr": [0.001 * (i + 1) for i in range(1000)], "momentum": [0.0005 * i for i in range(1000)]}
+    for spec, words in [
+        ({"name": "huge", "grid": axes}, "at least 1000000 points (1000 x 1000 from the axes and seeds)"),
+        ({"name": "huge", "grid": axes, "exclude": [{"lr": 0.001}]}, "over 1000 points"),
+    ]:
+        path = write_grid(tmp_path, spec)
+        started = time.monotonic()
+        with pytest.raises(UserError) as error:
+            load_grid(path, ROOT / "params.yaml", {})
+        assert time.monotonic() - started < 10  # validating the points would take most of an hour
+        assert str(error.value) == f"{path}: {words}; grids over 1000 need --yes"
+
+
+def test_the_size_limit_counts_points_after_excludes_and_yes_lifts_it(tmp_path):
+    spec = {"name": "small", "grid": {"lr": [0.1, 0.2, 0.3, 0.4]}, "seeds": [0, 1, 2], "exclude": [{"lr": 0.4}]}
+    path = write_grid(tmp_path, spec)
+    assert len(load_grid(path, ROOT / "params.yaml", {}, max_points=9).points) == 9
+    with pytest.raises(UserError, match=r"over 8 points; grids over 8 need --yes"):
+        load_grid(path, ROOT / "params.yaml", {}, max_points=8)
+    assert len(load_grid(path, ROOT / "params.yaml", {}, max_points=None).points) == 9
+
+
+@pytest.mark.parametrize(
+    ("slurm", "words"),
+    [
+        ({"partition": "gpu\necho pwned"}, "slurm.partition='gpu\\necho pwned': expected a SLURM name"),
+        ({"qos": "normal\n#SBATCH --nodes=64"}, "slurm.qos='normal\\n#SBATCH --nodes=64': expected a SLURM name"),
+        ({"extra": {"comment": "x --time=99:00:00"}}, "comment='x --time=99:00:00': expected one sbatch value"),
+    ],
+)
+def test_slurm_values_of_a_grid_that_would_inject_into_the_job_script_are_refused(tmp_path, slurm, words):
+    path = write_grid(tmp_path, {"name": "inject", "grid": {"lr": [0.1]}, "slurm": slurm})
+    with pytest.raises(UserError) as error:
+        load_grid(path, ROOT / "params.yaml", {})
+    assert words in str(error.value) and f"{path}: point 0" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_dry_run_with_an_injected_partition_exits_with_one_line_and_writes_no_job_script(project):
+    grid = write_grid(project, {"name": "inject", "grid": {"lr": [0.1]}, "slurm": {"partition": "gpu\necho pwned"}})
+    done = subprocess.run(
+        [*grid_command(grid, "--executor", "slurm", "--dry-run")], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "slurm.partition='gpu\\necho pwned': expected a SLURM name" in done.stderr
+    assert not list(project.rglob("*.sbatch"))

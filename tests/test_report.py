@@ -24,8 +24,9 @@ from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.report import plots as report_plots
 from hpcsweep.report.analysis import configuration_table, configurations, pareto_front, scaling_frame
-from hpcsweep.report.build import analyse, build_report, shareable, write_files
+from hpcsweep.report.build import REPORT_MARKER, analyse, build_report, check_out_dir, write_files
 from hpcsweep.report.records import IDENTITY, RunRecord, normalised
+from hpcsweep.tracking.credentials import redact
 
 TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
 FILES = {
@@ -40,6 +41,7 @@ FILES = {
     "accuracy_vs_time.png",
     "pareto.png",
     "train_loss.png",
+    REPORT_MARKER,
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -394,4 +396,48 @@ def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best
 def test_numbers_spelled_differently_are_one_configuration():
     assert {normalised(v) for v in ("1e-3", "0.001", "0.0010")} == {"0.001"}
     assert normalised("1") == normalised("1.0") == "1" and normalised("auto") == "auto"
-    assert shareable("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"
+    assert redact("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"  # what reports show
+
+
+def test_a_report_folder_is_marked_and_an_earlier_report_may_be_replaced(tmp_path):
+    report = analyse([record("a"), record("b", optimizer="adam")], "hand-made", "test", None)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    write_files(report, folder)
+    assert (folder / REPORT_MARKER).is_file()
+    assert check_out_dir(folder) == folder.resolve()
+    assert check_out_dir(tmp_path / "new") == (tmp_path / "new").resolve()
+    (tmp_path / "empty").mkdir()
+    assert check_out_dir(tmp_path / "empty") == (tmp_path / "empty").resolve()
+
+
+def test_a_folder_that_is_not_an_earlier_report_is_refused_and_kept(tmp_path):
+    work = tmp_path / "thesis"
+    work.mkdir()
+    (work / "chapter1.tex").write_text("years of work\n")
+    (tmp_path / "notes.txt").write_text("a file\n")
+    for out, words in [(work, "is not empty and not an earlier report"), (tmp_path / "notes.txt", "is a file")]:
+        with pytest.raises(UserError) as error:
+            check_out_dir(out)
+        assert str(error.value).startswith(f"--out {out}: {out.resolve()} ") and words in str(error.value)
+        assert "\n" not in str(error.value)
+    assert (work / "chapter1.tex").read_text() == "years of work\n"
+
+
+@pytest.mark.parametrize("out", [".", "data"])
+def test_report_out_on_a_working_folder_is_one_line_and_touches_nothing(project, out):
+    (project / "data").mkdir(exist_ok=True)
+    (project / "data" / "keep.txt").write_text("mine\n")
+    before = sorted(str(path.relative_to(project)) for path in project.rglob("*") if "mlflow" not in path.name)
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "report", "--experiment", "any", "--out", out],
+        cwd=project,
+        env=environment(f"sqlite:///{project / 'mlflow.db'}"),
+        capture_output=True,
+        text=True,
+    )
+    error = done.stderr.splitlines()[-1]  # after MLflow's own lines as it creates the empty store
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert error.startswith(f"Error: --out {out}: {(project / out).resolve()} is not empty and not an earlier")
+    after = sorted(str(path.relative_to(project)) for path in project.rglob("*") if "mlflow" not in path.name)
+    assert after == before and (project / "data" / "keep.txt").read_text() == "mine\n"

@@ -1,10 +1,9 @@
-"""32 jobs logging at once: the PostgreSQL + S3 server keeps every point and byte; SQLite is recorded.
+"""32 jobs logging at once: the PostgreSQL + S3 server keeps every point and byte.
 
 Each client process logs a run of 50 epochs x 6 metrics, 5 params and a 1 MB artifact (see
 logging_load.py). Against `hpcsweep server` on PostgreSQL + SeaweedFS everything must be there,
-value for value and byte for byte. The same load against the same server on SQLite is run
-and what happens (errors, time, what is missing) is written to the test's output and to
-`sqlite-load.json` beside it: SQLite is what this project replaces, not what it promises.
+value for value and byte for byte. How SQLite fares under the same load (what this project
+replaces, not what it promises) is measured by benchmarks/tracking_server.py.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import pytest
 
 from helpers.logging_load import artifact_bytes, metric_value
 from helpers.project import ROOT
-from helpers.services import HpcsweepServer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -86,37 +84,3 @@ def test_32_clients_log_every_point_and_byte_to_postgres_and_s3(shared_server, t
     problems = {outcome["client"]: missing_data(shared_server.uri, outcome, tmp_path) for outcome in result["clients"]}
     assert not any(problems.values()), {client: found for client, found in problems.items() if found}
     print(f"\nPostgreSQL + S3: {CLIENTS} clients in {result['wall_s']:.1f} s, nothing missing")
-
-
-def test_the_same_load_against_a_sqlite_backend_is_recorded(tmp_path, request):
-    server = HpcsweepServer(
-        tmp_path / "server",
-        [
-            "--params",
-            str(ROOT / "params.yaml"),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-        ],
-        environment=None,
-    )
-    server.start()
-    try:
-        result = run_load(server.uri, tmp_path, "load-sqlite")
-        assert len(result["clients"]) == CLIENTS
-        problems = {outcome["client"]: missing_data(server.uri, outcome, tmp_path) for outcome in result["clients"]}
-    finally:
-        server.stop()
-    errors = [error for outcome in result["clients"] for error in outcome["errors"]]
-    record = {
-        "clients": CLIENTS,
-        "wall_s": round(result["wall_s"], 1),
-        "failed_calls": len(errors),
-        "first_errors": errors[:3],
-        "runs_incomplete": sum(1 for found in problems.values() if found),
-        "examples": [found for found in problems.values() if found][:3],
-    }
-    (tmp_path / "sqlite-load.json").write_text(json.dumps(record, indent=2))
-    request.node.user_properties.append(("sqlite_load", record))
-    print(f"\nSQLite: {json.dumps(record)}")

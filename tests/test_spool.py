@@ -37,6 +37,27 @@ def test_a_new_claim_resumes_after_what_was_sent_and_ignores_a_line_cut_short(tm
     assert [record["metrics"][0][3] for record in again.unsent()] == [1, 2]
 
 
+def test_an_epoch_repeated_after_a_kill_spools_its_figures_once_and_system_metrics_always(tmp_path):
+    first = Spool(tmp_path)
+    first.claim("http://server:5000")
+    first.append(batch("run", metrics=[("val/acc", 0.5, 1000, 0), ("system/cpu", 9.0, 1000, 0)]))
+    first.release()  # killed before epoch 0's checkpoint: the next attempt runs epoch 0 again
+
+    again = Spool(tmp_path)
+    again.claim("http://server:5000")
+    again.append(batch("run", metrics=[("val/acc", 0.6, 2000, 0), ("system/cpu", 7.0, 2000, 0)]))
+    again.append(batch("run", metrics=[("val/acc", 0.6, 2000, 0)]))  # nothing new: no record at all
+    again.append(batch("run", metrics=[("val/acc", 0.7, 3000, 1)], tags=[("note", "x")]))
+    again.append(batch("other", metrics=[("val/acc", 0.1, 3000, 0)]))  # another run's own step 0
+    lines = [json.loads(line) for line in (tmp_path / SPOOL_FILE).read_text().splitlines()[1:]]
+    assert [record["metrics"] for record in lines] == [
+        [["val/acc", 0.5, 1000, 0], ["system/cpu", 9.0, 1000, 0]],
+        [["system/cpu", 7.0, 2000, 0]],
+        [["val/acc", 0.7, 3000, 1]],
+        [["val/acc", 0.1, 3000, 0]],
+    ]
+
+
 def test_only_one_process_sends_from_a_spool(tmp_path):
     first, second = Spool(tmp_path), Spool(tmp_path)
     assert first.claim("http://server:5000")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -283,11 +284,14 @@ def test_dvc_push_and_pull_round_trip_the_prepared_data_through_s3(prepared, s3_
 
 @pytest.mark.slurm
 def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(
-    slurm_cluster, postgres_uri, s3_store, tmp_path
+    slurm_cluster, postgres_uri, s3_store, tmp_path, monkeypatch
 ):
     database, server_env = server_environment(s3_store, postgres_uri)
     server_env |= {key: os.environ[key] for key in slurm_cluster} | {"HPCSWEEP_SERVER_PORT": str(free_port())}
     server_env["PATH"] = f"{Path(sys.executable).parent}:{server_env['PATH']}"
+    server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "admin-" + uuid.uuid4().hex  # the script serves with --auth
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server_env["MLFLOW_AUTH_ADMIN_PASSWORD"])
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     submitted = subprocess.run(
         [
@@ -323,5 +327,132 @@ def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(
         (log,) = tmp_path.glob("tracking-server-*.log")
         assert f"export MLFLOW_TRACKING_URI={uri}" in log.read_text()
         assert server_env["PGPASSWORD"] not in log.read_text()
+        assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] not in log.read_text()
     finally:
         subprocess.run(["scancel", job], env=server_env, check=False)
+
+
+def server_failure(*args: str, cwd: Path) -> str:
+    """`hpcsweep server ARGS` must stop at start-up with one line; returns it."""
+    done = subprocess.run(
+        server_command(*args), cwd=cwd, env=environment("unused"), capture_output=True, text=True, timeout=120
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    return lines[0]
+
+
+def test_beyond_loopback_the_server_needs_auth_or_an_explicit_insecure(tmp_path):
+    stores = ["--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifacts-destination", str(tmp_path)]
+    with socket.socket() as holder:  # bound, never listening: the port check fails, nothing is served
+        holder.bind(("0.0.0.0", 0))
+        port = str(holder.getsockname()[1])
+        refused = server_failure("--host", "0.0.0.0", "--port", port, *stores, cwd=tmp_path)
+        assert "--host 0.0.0.0" in refused and "--auth" in refused and "--insecure" in refused
+        past_the_check = server_failure("--host", "0.0.0.0", "--port", port, "--insecure", *stores, cwd=tmp_path)
+        assert f"--port {port}: cannot listen" in past_the_check
+    half_tls = server_failure("--tls-cert", __file__, *stores, cwd=tmp_path)
+    assert "--tls-cert and --tls-key: give both" in half_tls
+
+
+def test_a_password_on_the_servers_command_line_is_refused(tmp_path):
+    line = server_failure("--backend-store-uri", "postgresql://mlflow:hunter2@db/mlflow", cwd=tmp_path)
+    assert "postgresql://mlflow:***@db/mlflow" in line and "PGPASSWORD" in line and "hunter2" not in line
+
+
+def command_lines(process_group: int) -> list[str]:
+    """What `ps` shows every user: the command lines of the server and all its workers."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) == process_group:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ProcessLookupError):
+            continue  # a process that ended meanwhile
+    return lines
+
+
+def test_the_database_password_is_on_no_command_line(postgres_uri, tmp_path):
+    password = postgres_uri.split(":")[2].split("@")[0]
+    params = (
+        (ROOT / "params.yaml").read_text().replace("postgresql://mlflow@127.0.0.1:5432/mlflow", postgres_uri)
+    )  # in the params file, which is not a command line
+    (tmp_path / "params.yaml").write_text(params)
+    server_env = environment("unused")
+    server_env.pop("PGPASSWORD", None)
+    server = HpcsweepServer(
+        tmp_path / "server",
+        ["--params", str(tmp_path / "params.yaml"), "--artifacts-destination", str(tmp_path)],
+        server_env,
+    )
+    server.start()
+    try:
+        lines = command_lines(server.process.pid)
+        assert any("mlflow" in line for line in lines) and not [line for line in lines if password in line], lines
+        assert mlflow.MlflowClient(server.uri).create_experiment(f"ps-{uuid.uuid4().hex[:8]}")
+        assert password not in (tmp_path / "server" / "server.log").read_text()
+    finally:
+        server.stop()
+
+
+def test_the_server_starts_no_mlflow_job_runner_beside_it(shared_server):
+    # MLflow 3 would start a dozen huey workers for GenAI jobs: memory and CPU for nothing used here
+    lines = command_lines(shared_server.process.pid)
+    assert any("mlflow" in line for line in lines)
+    assert not [line for line in lines if "huey" in line or "_job_runner" in line], lines
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "server.crt", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_given_a_certificate_and_key_the_server_speaks_only_https(tmp_path, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the start-up probe (urllib) trusts it
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))  # and so does MLflow's client
+    arguments = ["--params", str(ROOT / "params.yaml"), "--tls-cert", str(cert), "--tls-key", str(key)]
+    arguments += ["--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifacts-destination", str(tmp_path)]
+    server = HpcsweepServer(tmp_path / "server", arguments, environment("unused"))
+    server.uri = server.uri.replace("http://", "https://")
+    server.start()
+    try:
+        client = mlflow.MlflowClient(server.uri)
+        run = client.create_run(client.create_experiment(f"tls-{uuid.uuid4().hex[:8]}"))
+        client.log_metric(run.info.run_id, "x", 1.0)
+        assert client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
+        assert f"export MLFLOW_TRACKING_URI={server.uri}" in (tmp_path / "server" / "server.log").read_text()
+        with pytest.raises(OSError):  # plain HTTP gets no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5)
+    finally:
+        server.stop()
+
+
+def test_the_sbatch_script_serves_with_auth_unless_told_insecure(tmp_path):
+    """Run as a plain script (its #SBATCH lines are comments): without an admin password the
+    default --auth stops it at start-up, before anything listens."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    script_env = environment("unused", HPCSWEEP_SERVER_PORT=str(free_port()))
+    script_env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    stores = ["--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifacts-destination", str(tmp_path)]
+    with open(tmp_path / "job.log", "w") as log:
+        script = subprocess.Popen(
+            ["bash", str(ROOT / "slurm" / "tracking-server.sbatch"), *stores],
+            cwd=tmp_path,
+            env=script_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its readiness probe runs in the background: stopped with it below
+        )
+    try:
+        script.wait(timeout=120)
+    finally:
+        os.killpg(script.pid, 9)
+    errors = (tmp_path / "job.log").read_text()
+    assert script.returncode == 1 and "--auth: set MLFLOW_AUTH_ADMIN_PASSWORD" in errors, errors

@@ -162,11 +162,12 @@ def grid(
     from hpcsweep.grid.executors import EXECUTORS
     from hpcsweep.grid.executors.base import ExecutorSettings
     from hpcsweep.grid.launch import LaunchOptions, launch
-    from hpcsweep.grid.spec import load_grid
+    from hpcsweep.grid.spec import MAX_POINTS_WITHOUT_YES, load_grid
     from hpcsweep.params_file import find_params
     from hpcsweep.tracking.credentials import load_secrets
 
-    loaded = load_grid(gridfile, find_params(params), parse_overrides(overrides), experiment)
+    size_limit = None if yes else MAX_POINTS_WITHOUT_YES  # counted from the axes, before any point is built
+    loaded = load_grid(gridfile, find_params(params), parse_overrides(overrides), experiment, max_points=size_limit)
     from_file = load_secrets(loaded.points[0].config.tracking.secrets_file)
     settings = ExecutorSettings(
         template=template.read_text() if template else None, max_parallel=max_parallel, secrets_from_file=from_file
@@ -175,7 +176,6 @@ def grid(
         executor=EXECUTORS[executor](settings),
         dry_run=dry_run,
         rerun=rerun,
-        yes=yes,
         command=shlex.join(["hpcsweep", *sys.argv[1:]]),
     )
     launch(loaded, options)
@@ -226,7 +226,7 @@ def run_point(points_file: Path, index: int) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("reports"),
     show_default=True,
-    help="Folder to write; replaced whole, never left half-written.",
+    help="Folder to write: a new or empty one, or an earlier report (replaced whole, never half-written).",
 )
 @click.option(
     "--target-accuracy",
@@ -236,9 +236,10 @@ def run_point(points_file: Path, index: int) -> None:
 @config_options
 def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
     """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
-    from hpcsweep.report.build import build_report
+    from hpcsweep.report.build import build_report, check_out_dir
     from hpcsweep.tracking.client import tracking_client
 
+    check_out_dir(out)  # before the store is opened: a bad --out creates nothing
     if not experiment and not grid_name:
         experiment = config.tracking.experiment
     folder = build_report(
@@ -265,11 +266,32 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
     "--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs)."
 )
 @click.option("--auth", is_flag=True, help="MLflow basic auth: the admin password from MLFLOW_AUTH_ADMIN_PASSWORD.")
+@click.option(
+    "--insecure", is_flag=True, help="Serve beyond loopback without --auth: anyone who reaches it may change runs."
+)
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this PEM certificate (chain)."
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's PEM private key.")
 @config_options
-def server(config, backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts, auth) -> None:
+def server(
+    config,
+    backend_store_uri,
+    artifacts_destination,
+    host,
+    port,
+    workers,
+    allowed_hosts,
+    auth,
+    insecure,
+    tls_cert,
+    tls_key,
+) -> None:
     """Check the database, the bucket and the port, then run the shared MLflow tracking server."""
-    from hpcsweep.tracking.server import ServerOptions, serve
+    from hpcsweep.tracking.server import ServerOptions, check_no_password, serve
 
+    if backend_store_uri:
+        check_no_password("--backend-store-uri", backend_store_uri)
     tracking = config.tracking
     serve(
         ServerOptions(
@@ -281,22 +303,29 @@ def server(config, backend_store_uri, artifacts_destination, host, port, workers
             auth=auth,
             db_connections=tracking.db_connections,
             allowed_hosts=allowed_hosts,
+            insecure=insecure,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     )
 
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--tracking-uri", help="Send to this server instead of the one each spool was written for.")
+@click.option(
+    "--tracking-uri",
+    help="Send to this server [tracking.uri, else the server each spool was written for].",
+)
 @config_options
 def sync(config, path: Path | None, tracking_uri: str | None) -> None:
     """Send what trainings could not log while the server was away (spools under PATH
     [tracking.checkpoint_dir]); what the server already has is never sent again."""
-    from hpcsweep.tracking.sync import sync_spools
+    from hpcsweep.tracking.client import configured_server
+    from hpcsweep.tracking.sync import sync_failure, sync_spools
 
-    outcomes = sync_spools(path or Path(config.tracking.checkpoint_dir), tracking_uri)
+    outcomes = sync_spools(path or Path(config.tracking.checkpoint_dir), tracking_uri or configured_server(config))
     for outcome in outcomes:
         click.echo(outcome.line())
-    left = sum(outcome.left for outcome in outcomes)
-    if left:
-        raise UserError(f"{left} records are still unsent; run `hpcsweep sync` again once the server answers")
+    failure = sync_failure(outcomes)
+    if failure:
+        raise UserError(failure)

@@ -17,16 +17,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import operator
-import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from hpcsweep.config_rules import check_value, rule
 from hpcsweep.errors import UserError
 from hpcsweep.params_file import beside_the_file, find_params, fit_warmup
 from hpcsweep.training.batch_plan import per_rank_batch_size, plan_batches
@@ -42,22 +40,12 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp")
 ACCELERATORS = ("auto", "cpu", "gpu")
 LOADERS = ("device", "torchvision")
-# PyYAML follows YAML 1.1, where 3e-4 (no dot) is a string; YAML 1.2 and every user read a number
-YAML12_FLOAT = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
-
-
-def rule(
-    *,
-    choices: tuple[str, ...] | None = None,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    pattern: str | None = None,
-    hint: str = "",
-) -> Any:
-    """A dataclass field with the value constraints `_check_rule` enforces."""
-    return field(metadata=dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt, pattern=pattern, hint=hint))
+# SLURM values become #SBATCH lines: a newline would end sbatch's directives and start a shell line,
+# a space would smuggle in another option; so names are one word, and slurm.extra values one token
+SLURM_NAME = r"[A-Za-z0-9_.-]+"
+SLURM_NAME_HINT = "a SLURM name: letters, digits, _ . - (no spaces or newlines)"
+SBATCH_VALUE = r"[A-Za-z0-9_.,:@%+=/&|*!?\[\]()-]+"
+SBATCH_VALUE_HINT = "one sbatch value: letters, digits and _ . , : @ % + = / & | * ! ? [ ] ( ) - (no spaces or quotes)"
 
 
 @dataclass(frozen=True)
@@ -116,16 +104,18 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    partition: str | None
+    partition: str | None = rule(
+        pattern=rf"{SLURM_NAME}(,{SLURM_NAME})*", hint=f"{SLURM_NAME_HINT}, or several separated by commas"
+    )
     time: str = rule(pattern=r"(\d+-)?\d{1,2}:\d{2}:\d{2}", hint="[D-]HH:MM:SS")
     cpus_per_task: int = rule(ge=1)
     mem: str = rule(pattern=r"\d+[KMGT]?", hint="a size such as 32G")
     max_parallel: int = rule(ge=1)
     max_requeues: int = rule(ge=1)
-    account: str | None
-    qos: str | None
-    setup: list[str]
-    extra: dict[str, str | int]
+    account: str | None = rule(pattern=SLURM_NAME, hint=SLURM_NAME_HINT)
+    qos: str | None = rule(pattern=SLURM_NAME, hint=SLURM_NAME_HINT)
+    setup: list[str]  # shell lines on purpose: the job script runs them
+    extra: dict[str, str | int] = rule(pattern=SBATCH_VALUE, hint=SBATCH_VALUE_HINT)
 
 
 @dataclass(frozen=True)
@@ -280,70 +270,3 @@ def section_from_dict(
         label = f"{where}: {section}.{name}={values[name]!r}"
         checked[name] = check_value(values[name], hints[name], spec.metadata, label)
     return section_type(**checked)
-
-
-def check_value(value: Any, annotation: Any, constraints: typing.Mapping, label: str) -> Any:
-    """Return the value (ints widened to float where a float is wanted) or raise naming the label."""
-    options = typing.get_args(annotation) if is_union(annotation) else (annotation,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise UserError(f"{label}: a value is required ({describe(annotation)})")
-    if float in options and isinstance(value, str) and re.fullmatch(YAML12_FLOAT, value):
-        value = float(value)
-    for option in options:
-        if typing.get_origin(option) is Literal:
-            if value in typing.get_args(option):
-                return value
-        elif matches_type(value, option):
-            value = float(value) if option is float else value
-            check_rule(value, constraints, label)
-            return value
-    raise UserError(f"{label}: expected {describe(annotation)}")
-
-
-def is_union(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
-
-
-def matches_type(value: Any, expected: Any) -> bool:
-    origin = typing.get_origin(expected)
-    if origin is list:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in value.items()
-        )
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return expected is not type(None) and isinstance(value, expected)
-
-
-def check_rule(value: Any, constraints: typing.Mapping, label: str) -> None:
-    choices = constraints.get("choices")
-    if choices is not None and value not in choices:
-        raise UserError(f"{label}: valid: {', '.join(choices)}")
-    bounds = [("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt)]
-    for key, symbol, holds in bounds:
-        limit = constraints.get(key)
-        if limit is not None and not holds(value, limit):
-            raise UserError(f"{label}: must be {symbol} {limit}")
-    pattern = constraints.get("pattern")
-    if pattern is not None and not re.fullmatch(pattern, value):
-        raise UserError(f"{label}: expected {constraints.get('hint') or pattern}")
-
-
-def describe(annotation: Any) -> str:
-    """Human words for a type annotation, for error messages."""
-    if is_union(annotation):
-        return " or ".join(describe(option) for option in typing.get_args(annotation))
-    if typing.get_origin(annotation) is Literal:
-        return " or ".join(repr(v) for v in typing.get_args(annotation))
-    if typing.get_origin(annotation) is list:
-        return "a list of strings"
-    if typing.get_origin(annotation) is dict:
-        return "a mapping of names to strings or integers"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    return names.get(annotation, str(annotation))

@@ -77,6 +77,8 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # as `hpcsweep server` runs it: without MLflow 3's job runner (GenAI jobs), a dozen processes
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     try:

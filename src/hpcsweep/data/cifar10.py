@@ -39,6 +39,8 @@ META = "batches.meta"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 CHUNK = 1 << 20
+# an official batch is about 31 MB; a member far larger is not CIFAR-10, and is never read into memory
+MAX_MEMBER_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,24 @@ class ArrayUnpickler(pickle.Unpickler):
 def read_archive(path: Path) -> dict[str, Split]:
     """Read and validate every batch of an official-layout archive: {"train": ..., "test": ...}."""
     members = read_members(Path(path))
-    meta = members[META]
-    names = [as_text(name) for name in meta.get("label_names", [])]
-    if tuple(names) != CLASSES:
-        raise UserError(f"{path}: {FOLDER}/{META} label_names are {names}; expected {list(CLASSES)}")
-    per_batch = meta.get("num_cases_per_batch")
-    if not isinstance(per_batch, int) or per_batch < 1:
-        raise UserError(f"{path}: {FOLDER}/{META} num_cases_per_batch={per_batch!r}; expected a positive integer")
+    per_batch = check_meta(f"{path}: {FOLDER}/{META}", members[META])
     train = [check_batch(path, name, members[name], per_batch) for name in TRAIN_BATCHES]
     test = check_batch(path, TEST_BATCH, members[TEST_BATCH], per_batch)
     return {
         "train": Split(np.concatenate([s.images for s in train]), np.concatenate([s.labels for s in train])),
         "test": test,
     }
+
+
+def check_meta(where: str, meta: dict) -> int:
+    """The class names must be CIFAR-10's, in order; returns the images per batch."""
+    names = meta.get("label_names")
+    if not isinstance(names, list) or tuple(as_text(name) for name in names) != CLASSES:
+        raise UserError(f"{where}: label_names={one_line(repr(names))[:200]}; expected {list(CLASSES)}")
+    per_batch = meta.get("num_cases_per_batch")
+    if type(per_batch) is not int or per_batch < 1:
+        raise UserError(f"{where}: num_cases_per_batch={one_line(repr(per_batch))[:80]}; expected a positive integer")
+    return per_batch
 
 
 def read_members(path: Path) -> dict[str, dict]:
@@ -93,15 +100,24 @@ def read_members(path: Path) -> dict[str, dict]:
             for member in tar:
                 name = wanted.get(member.name)
                 if name is not None and member.isfile():
+                    check_member_size(path, member)
                     found[name] = unpickle(path, name, tar.extractfile(member).read())
     except FileNotFoundError:
         raise UserError(f"{path}: archive not found") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise UserError(f"{path}: not a readable cifar-10-python.tar.gz ({error})") from None
+        raise UserError(f"{path}: not a readable cifar-10-python.tar.gz ({one_line(str(error))})") from None
     missing = [f"{FOLDER}/{name}" for name in wanted.values() if name not in found]
     if missing:
         raise UserError(f"{path}: missing {', '.join(missing)}; expected {', '.join(wanted)}")
     return found
+
+
+def check_member_size(path: Path, member: tarfile.TarInfo) -> None:
+    if member.size > MAX_MEMBER_BYTES:
+        raise UserError(
+            f"{path}: {member.name} is {member.size} bytes; a CIFAR-10 batch is about 31 MB "
+            f"(at most {MAX_MEMBER_BYTES} bytes are read)"
+        )
 
 
 def unpickle(path: Path, name: str, payload: bytes) -> dict:
@@ -109,14 +125,19 @@ def unpickle(path: Path, name: str, payload: bytes) -> dict:
         # latin1: the official batches are Python 2 pickles of numpy arrays
         content = ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
     except Exception as error:  # a corrupt pickle can fail in many ways, all the user's data
-        raise UserError(f"{path}: {FOLDER}/{name} is not a valid batch pickle ({error})") from None
+        raise UserError(f"{path}: {FOLDER}/{name} is not a valid batch pickle ({one_line(str(error))})") from None
     if not isinstance(content, dict):
         raise UserError(f"{path}: {FOLDER}/{name} holds {type(content).__name__}; expected a dict")
     return {as_text(key): value for key, value in content.items()}
 
 
-def as_text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: object) -> object:
+    """Python 2 pickles hold names as bytes; undecodable bytes become text that matches no name."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def check_batch(path: Path, name: str, batch: dict, expected_count: int) -> Split:
@@ -127,12 +148,25 @@ def check_batch(path: Path, name: str, batch: dict, expected_count: int) -> Spli
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise UserError(f"{where}: data is {dtype} {shape}; expected uint8 ({expected_count}, {row})")
-    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
-    if labels.shape != (expected_count,):
-        raise UserError(f"{where}: {labels.size} labels for {expected_count} images")
-    if labels.min() < 0 or labels.max() >= len(CLASSES):
-        raise UserError(f"{where}: labels range {labels.min()}..{labels.max()}; expected 0..{len(CLASSES) - 1}")
-    return Split(data.reshape(expected_count, *IMAGE_SHAPE), labels)
+    return Split(data.reshape(expected_count, *IMAGE_SHAPE), check_labels(where, labels, expected_count))
+
+
+def check_labels(where: str, labels: object, expected_count: int) -> np.ndarray:
+    """A list (or 1-d integer array) of class indices, one per image: nothing is rounded or wrapped."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list):
+        raise UserError(f"{where}: labels is {type(labels).__name__}; expected a list of integers")
+    not_integer = next((label for label in labels if type(label) is not int), None)
+    if not_integer is not None:
+        shown = one_line(repr(not_integer))[:40]
+        raise UserError(f"{where}: label {shown} ({type(not_integer).__name__}) is not an integer class index")
+    if len(labels) != expected_count:
+        raise UserError(f"{where}: {len(labels)} labels for {expected_count} images")
+    low, high = min(labels), max(labels)  # Python ints: a huge label cannot overflow here
+    if low < 0 or high >= len(CLASSES):
+        raise UserError(f"{where}: labels range {low}..{high}; expected 0..{len(CLASSES) - 1}")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def import_archive(archive: Path, out_dir: Path) -> Path:

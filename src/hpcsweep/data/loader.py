@@ -15,29 +15,24 @@ save counts that one as served: at most one batch of the interrupted epoch is sk
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hpcsweep.data.prepare import SPLIT_FILES, STATS_FILE
-from hpcsweep.errors import UserError
+from hpcsweep.data.prepared import read_split, read_stats
 
 PAD = 4
 
 
 def load_split(prepared_dir: Path, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    path = Path(prepared_dir) / SPLIT_FILES[split]
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")
-    tensors = torch.load(path, weights_only=True)
-    return tensors["images"][:limit], tensors["labels"][:limit]
+    images, labels = read_split(prepared_dir, split)
+    return images[:limit], labels[:limit]
 
 
 def load_stats(prepared_dir: Path) -> tuple[list[float], list[float]]:
-    stats = json.loads((Path(prepared_dir) / STATS_FILE).read_text())
+    stats = read_stats(prepared_dir)
     return stats["mean"], stats["std"]
 
 

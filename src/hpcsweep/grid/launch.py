@@ -4,16 +4,19 @@ Order matters: everything that can be checked is checked before anything is crea
 point is a valid config, the tracking server answers, the executor can run here (sbatch exists),
 the prepared data is where jobs will read it, the grid is not accidentally huge, the scheduler
 would accept the jobs), so a mistake costs one error line instead of a hundred dead jobs. Then:
-the launch folder (points files, job scripts, logs), the parent and child runs, and one batch per
-resource shape handed to the executor (one sbatch each under SLURM). A relaunch skips points that
+the launch folder (points files, job scripts, logs; a new one per launch, even two in the same
+second), the parent and child runs, and one batch per resource shape handed to the executor (one
+sbatch each under SLURM). Messages show the tracking URI redacted. A relaunch skips points that
 already have a FINISHED run (or a live job) and resubmits failed and killed ones into new runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +30,9 @@ from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch, Executor
-from hpcsweep.grid.spec import MAX_POINTS_WITHOUT_YES, Grid, Point
+from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, tracking_uri
+from hpcsweep.tracking.credentials import redact, redact_text
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16
@@ -39,7 +43,6 @@ class LaunchOptions:
     executor: Executor
     dry_run: bool = False
     rerun: bool = False
-    yes: bool = False
     command: str = ""
 
 
@@ -55,19 +58,28 @@ def for_jobs(config: Config, uri: str) -> Config:
 def check_tracking_server(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            with urllib.request.urlopen(health_url(uri), timeout=10):
                 return
         except OSError as error:
-            raise UserError(f"tracking server {uri} does not answer ({error}); start it or set tracking.uri") from None
+            raise UserError(
+                f"tracking server {redact(uri)} does not answer ({redact_text(str(error))}); "
+                f"start it or set tracking.uri"
+            ) from None
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # any store failure means jobs could not log
-        raise UserError(f"tracking store {uri} is not usable ({error})") from None
+        raise UserError(f"tracking store {redact(uri)} is not usable ({redact_text(str(error))})") from None
+
+
+def health_url(uri: str) -> str:
+    """The server's /health, which needs no login: urllib would take a user:password@ for part of the host."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", "")
+    )
 
 
 def preflight(grid: Grid, options: LaunchOptions) -> None:
-    if len(grid.points) > MAX_POINTS_WITHOUT_YES and not options.yes:
-        raise UserError(f"{grid.path}: {len(grid.points)} points; grids over {MAX_POINTS_WITHOUT_YES} need --yes")
     if not options.dry_run:
         options.executor.check()
     options.executor.check_points(grid.points)
@@ -115,16 +127,31 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
     return [p for p in grid.points if not (p.config.hash in latest and settled(latest[p.config.hash]))]
 
 
-def launch(grid: Grid, options: LaunchOptions) -> Path:
-    """Validate, create the runs, submit or run; returns the launch folder."""
+def new_launch_folder(grid_name: str) -> Path:
+    """runs/GRID/YYYYmmdd-HHMMSS, created here: a launch in the same second (another terminal, a
+    script) gets the next free -2, -3, ..., never a folder whose points files another launch wrote."""
+    parent = (LAUNCH_ROOT / grid_name).resolve()
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in itertools.count(1):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()  # exclusive: of two launches racing for a name, one gets it
+            return folder
+        except FileExistsError:
+            continue
+
+
+def launch(grid: Grid, options: LaunchOptions) -> Path | None:
+    """Validate, create the runs, submit or run; returns the launch folder (None: nothing to run)."""
     uri = absolute_uri(tracking_uri(grid.points[0].config) if grid.points else DEFAULT_URI)
     grid = dataclasses.replace(
         grid, points=[dataclasses.replace(p, config=for_jobs(p.config, uri)) for p in grid.points]
     )
     preflight(grid, options)
-    folder = (LAUNCH_ROOT / grid.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     executor = options.executor
     if options.dry_run:
+        folder = new_launch_folder(grid.name)
         batches = make_batches(grid, grid.points, folder)
         for batch in batches:
             write_points_file(batch, run_ids={})
@@ -136,14 +163,14 @@ def launch(grid: Grid, options: LaunchOptions) -> Path:
     todo = points_to_run(client, grid, options)
     if not todo:
         print(f"{grid.name}: all {len(grid.points)} points already have a finished run or a live job; nothing to do")
-        return folder
+        return None
+    folder = new_launch_folder(grid.name)
     batches = make_batches(grid, todo, folder)
     for batch in batches:
         executor.prepare(batch)
     for batch in batches:
         executor.test(batch)  # a partition or account the scheduler refuses: no run is created
-    document = grid_runs.points_document(grid.name, grid.points, {})
-    parent = grid_runs.create_parent(client, grid, experiment, options.command, document)
+    parent = grid_runs.create_parent(client, grid, experiment, options.command)
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # a round trip each: 1000 in sequence take minutes
         created = pool.map(lambda p: grid_runs.create_child(client, experiment, parent, grid, p), todo)
         run_ids = dict(zip((p.index for p in todo), created))

@@ -5,6 +5,8 @@ the tags `grid`, `config_hash` and `mlflow.parentRunId`; each job then trains in
 through the run id in its points file, so the MLflow UI shows the whole study, queued points included, grouped
 under the launch. The experiment is created here, once, before jobs start: concurrent
 `set_experiment` calls from many jobs were seen to put runs into the Default experiment.
+The launch run's artifacts (grid file, points, command) are readable by everyone who may read the
+experiment: every URI and secret in them is redacted; the points files jobs read keep them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hpcsweep.grid.spec import Grid, Point
+from hpcsweep.tracking.credentials import redact_text, redact_values
 from hpcsweep.tracking.tags import logged_params
 
 ROLE = "hpcsweep.role"
@@ -27,11 +30,15 @@ def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
     return found.experiment_id if found else client.create_experiment(name)
 
 
-def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str, points_json: str) -> str:
+def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str) -> str:
     run = client.create_run(
         experiment, tags={"grid": grid.name, ROLE: "launch", MLFLOW_RUN_NAME: f"{grid.name} launch"}
     )
-    files = {grid.path.name: grid.path.read_text(), "points.json": points_json, "command.txt": command + "\n"}
+    files = {
+        grid.path.name: redact_text(grid.path.read_text()),
+        "points.json": json.dumps(redact_values(points_data(grid.name, grid.points, {})), indent=1),
+        "command.txt": redact_text(command) + "\n",
+    }
     for name, text in files.items():
         client.log_text(run.info.run_id, text, f"launch/{name}")
     return run.info.run_id
@@ -93,15 +100,16 @@ def status_name(run: Run) -> str:
     return RunStatus.to_string(status) if isinstance(status, int) else status
 
 
+def points_data(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> dict:
+    return {
+        "grid": grid_name,
+        "points": [
+            {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
+            for p in points
+        ],
+    }
+
+
 def points_document(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> str:
     """The JSON task i of a job array reads its point from (entry i): full config, run to train into."""
-    return json.dumps(
-        {
-            "grid": grid_name,
-            "points": [
-                {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
-                for p in points
-            ],
-        },
-        indent=1,
-    )
+    return json.dumps(points_data(grid_name, points, run_ids), indent=1)

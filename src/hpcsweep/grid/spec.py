@@ -20,12 +20,15 @@ grid with the variants. `exclude` then drops points matching all keys of an entr
 repeats each point once per seed.
 
 Precedence, lowest first: params.yaml, base, the point, the command line's `-s`. Every point is
-validated as a full config before anything is submitted; an error names the point.
+validated as a full config before anything is submitted; an error names the point. A grid over
+1000 points is refused before any point is validated, unless the caller allows it (`--yes`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,26 +63,42 @@ def matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(key in point and point[key] == value for key, value in pattern.items())
 
 
-def product(axes: dict[str, list]) -> list[dict[str, Any]]:
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+def with_variants(point: dict[str, Any], variants: list[dict], axes: set[str]) -> list[dict[str, Any]]:
+    """The point once per variant that selects it (or once as it is, if none does)."""
+    selecting = [v for v in variants if matches(point, {k: v[k] for k in v if k in axes})]
+    return [{**point, **variant} for variant in selecting] or [point]
 
 
-def apply_variants(points: list[dict], variants: list[dict], axes: set[str]) -> list[dict]:
-    """Each point, once per variant that selects it (or once as it is, if none does)."""
-    expanded = []
-    for point in points:
-        selecting = [v for v in variants if matches(point, {k: v[k] for k in v if k in axes})]
-        expanded.extend([{**point, **variant} for variant in selecting] or [point])
-    return expanded
+def iter_points(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The grid's points as assignments, one at a time, in a stable order: grid x variants - excluded, x seeds."""
+    axes = spec.get("grid") or {}
+    seeds = spec.get("seeds")
+    for values in itertools.product(*axes.values()):
+        for point in with_variants(dict(zip(axes, values)), spec.get("variants") or [], set(axes)):
+            if not any(matches(point, pattern) for pattern in spec.get("exclude") or []):
+                yield from ({**point, "seed": seed} for seed in seeds) if seeds else [point]
 
 
 def expand(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The grid's points as assignments, in a stable order: grid x variants - excluded, x seeds."""
-    axes = spec.get("grid") or {}
-    points = apply_variants(product(axes), spec.get("variants") or [], set(axes))
-    points = [p for p in points if not any(matches(p, pattern) for pattern in spec.get("exclude") or [])]
-    seeds = spec.get("seeds")
-    return [{**p, "seed": seed} for p in points for seed in seeds] if seeds else points
+    return list(iter_points(spec))
+
+
+def check_size(path: Path, spec: dict[str, Any], max_points: int) -> None:
+    """Refuse a grid over `max_points` before any point is validated (that takes minutes for 10^6).
+
+    The axes' lengths times the seeds count the points; variants only add to that, so without an
+    exclude it is enough to refuse. Excludes can only be counted by walking the points, which stops
+    at the first point over the limit.
+    """
+    seeds = spec.get("seeds") or []
+    lengths = [len(values) for values in (spec.get("grid") or {}).values()] + ([len(seeds)] if seeds else [])
+    if math.prod(lengths) > max_points and not spec.get("exclude"):
+        size = f"at least {math.prod(lengths)} points ({' x '.join(map(str, lengths))} from the axes and seeds)"
+    elif sum(1 for _ in itertools.islice(iter_points(spec), max_points + 1)) > max_points:
+        size = f"over {max_points} points"
+    else:
+        return
+    raise UserError(f"{path}: {size}; grids over {max_points} need --yes")
 
 
 def check_shape(path: Path, spec: dict[str, Any]) -> None:
@@ -109,13 +128,22 @@ def check_shape(path: Path, spec: dict[str, Any]) -> None:
             raise UserError(f"{path}: every entry of {key} must be a mapping of keys to values")
 
 
-def load_grid(path: Path, params: Path, overrides: dict[str, Any], experiment: str | None = None) -> Grid:
-    """Read, expand and validate a grid file into configs (nothing is created or submitted)."""
+def load_grid(
+    path: Path,
+    params: Path,
+    overrides: dict[str, Any],
+    experiment: str | None = None,
+    max_points: int | None = MAX_POINTS_WITHOUT_YES,
+) -> Grid:
+    """Read, expand and validate a grid file into configs (nothing is created or submitted); a grid
+    over `max_points` is refused before its points are validated (None: any size, for --yes)."""
     path = Path(path)
     spec = read_yaml_mapping(path, f"a grid mapping with keys {', '.join(GRID_KEYS)}")
     check_shape(path, spec)
     if not (spec.get("grid") or spec.get("variants") or spec.get("seeds")):
         raise UserError(f"{path}: empty grid: give at least one of grid, variants or seeds")
+    if max_points is not None:
+        check_size(path, spec, max_points)
     raw = read_params_file(Path(params))
     base = {**(spec.get("base") or {}), **{f"slurm.{k}": v for k, v in (spec.get("slurm") or {}).items()}}
     experiment = experiment or spec.get("experiment") or spec["name"]

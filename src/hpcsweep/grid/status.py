@@ -15,6 +15,7 @@ import mlflow
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors import slurm
+from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.tags import FAILURE_REASON
 
 
@@ -36,7 +37,8 @@ class Row:
 def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
     runs = list(grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid_name)).values())
     if not runs:
-        raise UserError(f"no grid named {grid_name!r} in {client.tracking_uri}: no runs carry tag grid={grid_name}")
+        where = redact(client.tracking_uri)
+        raise UserError(f"no grid named {grid_name!r} in {where}: no runs carry tag grid={grid_name}")
     return runs
 
 

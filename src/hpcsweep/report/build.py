@@ -4,7 +4,8 @@ This module only strings the other parts together: `records` fetches the runs, `
 the table, front and sentences once into a `Report`, and `render` and `plots` turn it into files:
 CSV, Markdown, a sortable HTML table, one self-contained `index.html`, `summary.json` for
 `dvc metrics show` and CSV series for `dvc plots show`. The folder is written all-or-nothing and
-uploaded onto the study's launch run.
+uploaded onto the study's launch run. It replaces the `--out` folder whole, so that folder must be
+new, empty or an earlier report: each report holds a marker file that says it is one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import urllib.parse
 from pathlib import Path
 
 import mlflow
@@ -36,6 +36,9 @@ from hpcsweep.report.analysis import (
 )
 from hpcsweep.report.records import ACCURACY, Configuration, RunRecord, fetch_records
 from hpcsweep.report.render import constant_params, display_rows, html_table, markdown_table, page, table_page
+from hpcsweep.tracking.credentials import redact
+
+REPORT_MARKER = ".hpcsweep-report"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,7 @@ def write_files(report: Report, folder: Path) -> None:
     for plot in plots:
         if plot.png:
             (folder / f"{plot.name}.png").write_bytes(plot.png)
+    (folder / REPORT_MARKER).write_text("written by `hpcsweep report`, which replaces this folder whole\n")
     (folder / "index.html").write_text(
         page(
             report.title,
@@ -114,13 +118,18 @@ def write_files(report: Report, folder: Path) -> None:
     )
 
 
-def shareable(uri: str) -> str:
-    """The tracking URI without a password: reports are passed around (postgresql://user:secret@...)."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.password:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+def check_out_dir(out_dir: Path) -> Path:
+    """The folder a report may replace, resolved (`--out .` is the working folder): a new or empty
+    one, or an earlier report; never a folder holding anything else."""
+    folder = Path(out_dir).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out_dir}: {folder} is a file; give a new or empty folder, or an earlier report")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / REPORT_MARKER).is_file():
+        raise UserError(
+            f"--out {out_dir}: {folder} is not empty and not an earlier report (no {REPORT_MARKER} in it), "
+            f"and a report replaces its folder whole; give a new or empty folder, or an earlier report"
+        )
+    return folder
 
 
 def build_report(
@@ -130,8 +139,10 @@ def build_report(
     grid: str | None = None,
     target_accuracy: float | None = None,
 ) -> Path:
-    """Write the report of an experiment's or a grid's runs into `out_dir` (replacing it whole) and
-    upload it as artifact `report` onto the newest launch run, if there is one. Returns `out_dir`."""
+    """Write the report of an experiment's or a grid's runs into `out_dir` (replacing it whole: it
+    must be new, empty or an earlier report) and upload it as artifact `report` onto the newest
+    launch run, if there is one. Returns the folder written."""
+    out_dir = check_out_dir(out_dir)
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise UserError(f"--target-accuracy={target_accuracy}: expected a fraction in (0, 1], e.g. 0.9")
     records, launch = fetch_records(client, experiment, grid)
@@ -141,11 +152,10 @@ def build_report(
     title = f"hpcsweep report: {'grid ' + grid if grid else 'experiment ' + experiment}"
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     source = (
-        f"{len(records)} runs (the newest per configuration hash) from {shareable(client.tracking_uri)}, {stamp}. "
+        f"{len(records)} runs (the newest per configuration hash) from {redact(client.tracking_uri)}, {stamp}. "
         f"Means and standard deviations are over FINISHED seeds only."
     )
     report = analyse(records, title, source, target_accuracy)
-    out_dir = Path(out_dir)
     with atomic_dir(out_dir) as folder:
         write_files(report, folder)
     if launch:

@@ -17,6 +17,7 @@ import mlflow
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
+from hpcsweep.tracking.credentials import redact
 
 # A configuration is what a run computes apart from its seed: the config keys, as `logged_params`
 # logs them. Autologging adds params of its own (optimizer_name, betas, ...) that a run which died
@@ -109,11 +110,12 @@ def runs_of_experiment(client: mlflow.MlflowClient, name: str) -> tuple[list, st
     found = client.get_experiment_by_name(name)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise UserError(f"no experiment named {name!r} in {client.tracking_uri}; experiments there: {known}")
+        raise UserError(f"no experiment named {name!r} in {redact(client.tracking_uri)}; experiments there: {known}")
     runs = grid_runs.search_newest_first(client, [found.experiment_id])
     training = [run for run in runs if role(run) != "launch"]
     if not training:
-        raise UserError(f"experiment {name!r} in {client.tracking_uri} has no runs: train or launch a grid first")
+        where = redact(client.tracking_uri)
+        raise UserError(f"experiment {name!r} in {where} has no runs: train or launch a grid first")
     launches = [run for run in runs if role(run) == "launch"]
     return training, launches[0].info.run_id if launches else None
 
@@ -121,7 +123,7 @@ def runs_of_experiment(client: mlflow.MlflowClient, name: str) -> tuple[list, st
 def runs_of_grid(client: mlflow.MlflowClient, name: str) -> tuple[list, str | None]:
     runs = grid_runs.grid_runs(client, name)
     if not runs:
-        raise UserError(f"no grid named {name!r} in {client.tracking_uri}: no runs carry tag grid={name}")
+        raise UserError(f"no grid named {name!r} in {redact(client.tracking_uri)}: no runs carry tag grid={name}")
     experiments = sorted({run.info.experiment_id for run in runs})
     launches = grid_runs.search_newest_first(
         client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'"

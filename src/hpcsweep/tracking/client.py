@@ -4,13 +4,15 @@
 params file when that is elsewhere: params_file.py). A relative SQLite path is made absolute
 before it is handed to jobs, which run in other directories.
 While a training logs through its spool, MLflow's URI is the server's with `spool+` in front
-(store.py); processes it starts inherit that, and still mean the server itself.
+(store.py); processes it starts inherit that, and still mean the server itself. Only a server
+(http, https) can be away, so only its writes are spooled.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 
@@ -18,6 +20,7 @@ from hpcsweep.config import Config
 from hpcsweep.params_file import DEFAULT_URI, sqlite_beside
 
 SPOOL_PREFIX = "spool+"
+HTTP_SCHEMES = ("http", "https")
 
 
 def without_spool(uri: str) -> str:
@@ -26,6 +29,17 @@ def without_spool(uri: str) -> str:
 
 def tracking_uri(config: Config) -> str:
     return without_spool(config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server, as opposed to a local SQLite file or folder."""
+    return urlparse(uri).scheme in HTTP_SCHEMES
+
+
+def configured_server(config: Config) -> str | None:
+    """The tracking server configured now, if the configured store is one: where spools go."""
+    uri = tracking_uri(config)
+    return uri if is_server(uri) else None
 
 
 def absolute_uri(uri: str) -> str:

@@ -3,7 +3,12 @@
 They never travel through params, job scripts, MLflow params or tags: every process (a
 training job, `hpcsweep server`, `sync`) reads them itself, from its environment or from
 `tracking.secrets_file`, a file of `NAME=VALUE` lines that only its owner may read. A variable
-already set in the environment wins over the file. URIs printed anywhere go through `redact`.
+already set in the environment wins over the file. sbatch keeps a job's environment with the job,
+so it is handed only the secrets a job needs. Whatever is printed, logged or stored for others
+to read goes through `redact` (one URI) or `redact_text` (an error text, a log line): passwords
+and tokens in a URI's userinfo, query or fragment, `name=value` pairs with a secret's name (a
+libpq DSN) and `Bearer` tokens become `***`. Where a URI is ambiguous (an `@` in its path could
+end a password holding a `/`), more is hidden rather than less.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import urllib.parse
 from pathlib import Path
 
 from hpcsweep.errors import UserError
@@ -29,6 +35,22 @@ KNOWN = (
     "MLFLOW_S3_ENDPOINT_URL",
     "PGPASSWORD",
 )
+
+# of those, the ones a training job may need itself: logging to the server, uploading to an S3
+# artifact root when the server does not proxy artifacts, a tracking URI naming the database
+FOR_JOBS = tuple(name for name in KNOWN if name not in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"))
+
+REDACTED = "***"
+# a query or `name=value` name that holds a secret: password, passwd, pwd, token, secret, api_key,
+# X-Amz-Signature, X-Amz-Credential, sig (Azure SAS), sslpassword, ...
+SECRET_NAME = re.compile(r"pass|pwd|token|secret|key|sig|credential|auth", re.IGNORECASE)
+# an environment variable's name made of words such as these (PWD, the working folder, is not one)
+SECRET_WORDS = {"PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "SECRET", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
+# a user name that is a token (https://ghp_xxx@github.com): long, letters and digits mixed
+TOKEN_LIKE = re.compile(r"(?=.*\d)(?=.*[A-Za-z])[\w.~-]{20,}")
+URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+SECRET_PAIR = re.compile(r"(?P<name>[\w.-]+)=(?P<value>[^\s&;#'\"]+)")
+AUTHORIZATION = re.compile(r"\b(?P<kind>Bearer|Basic|Token)\s+[\w.~+/=-]+", re.IGNORECASE)
 
 
 def read_secrets_file(path: Path) -> dict[str, str]:
@@ -68,11 +90,61 @@ def load_secrets(secrets_file: str | None) -> frozenset[str]:
 
 
 def environment_for_jobs(from_file: frozenset[str]) -> dict[str, str]:
-    """This environment less the names `load_secrets` took from the file: SLURM keeps a job's
-    environment with the job, and the job reads the file itself."""
-    return {name: value for name, value in os.environ.items() if name not in from_file}
+    """What sbatch may hand a job: this environment less the names `load_secrets` took from the
+    file (the job reads the file itself), less every secret a job does not need (a shell's
+    GITHUB_TOKEN, the server's admin password, a URL with a password in it)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in from_file and (name in FOR_JOBS or not holds_secret(name, value))
+    }
+
+
+def holds_secret(name: str, value: str) -> bool:
+    return bool(SECRET_WORDS.intersection(name.upper().split("_"))) or redact_text(value) != value
 
 
 def redact(uri: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host`: safe to print or log."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+    """The URI with its password, a token as user name, and secret query or fragment values as
+    `***`: safe to print, log or store where others read it. Split by hand, not by `urlsplit`,
+    which ends the userinfo at a `/` inside a password and drops an empty host (`sqlite:///`)."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        return redact_pairs(uri)
+    end = min((index for index in map(rest.find, "?#") if index >= 0), default=len(rest))
+    userinfo, at, location = rest[:end].rpartition("@")  # the last @: a password may hold @ and /
+    return f"{scheme}://{redact_userinfo(userinfo) + at if at else ''}{location}{redact_pairs(rest[end:])}"
+
+
+def redact_userinfo(userinfo: str) -> str:
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        return f"{user}:{REDACTED}"
+    return REDACTED if TOKEN_LIKE.fullmatch(urllib.parse.unquote(user)) else user
+
+
+def redact_pairs(text: str) -> str:
+    """`name=value` pairs (a query string, a libpq DSN) with a secret's name get `***` as value."""
+
+    def hide(pair: re.Match) -> str:
+        name = urllib.parse.unquote_plus(pair["name"])
+        return f"{pair['name']}={REDACTED}" if SECRET_NAME.search(name) else pair.group()
+
+    return SECRET_PAIR.sub(hide, text)
+
+
+def redact_text(text: str) -> str:
+    """Every URI, secret `name=value` pair and `Bearer` token in a free text (an exception's
+    message, a log line) redacted."""
+    text = URL_IN_TEXT.sub(lambda url: redact(url.group()), text)
+    return AUTHORIZATION.sub(lambda token: f"{token['kind']} {REDACTED}", redact_pairs(text))
+
+
+def redact_values(data):
+    """A JSON-like document (a config's dict) with every string in it redacted, for artifacts
+    that every reader of the experiment sees."""
+    if isinstance(data, dict):
+        return {key: redact_values(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_values(value) for value in data]
+    return redact_text(data) if isinstance(data, str) else data

@@ -28,6 +28,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
 from hpcsweep.tracking.client import tracking_uri
+from hpcsweep.tracking.credentials import redact_values
 from hpcsweep.tracking.run_folder import RunFolder
 from hpcsweep.tracking.tags import FAILURE_REASON, logged_params, run_tags
 
@@ -45,6 +46,9 @@ class TrackedRun:
         self.id = run_id
         self.status = "FAILED"
         self.final_metrics: dict[str, float] = {}
+        # the step the final figures are logged at: the epochs trained, so that a later attempt's
+        # figures supersede an earlier one's (MLflow shows a metric's value at its highest step)
+        self.final_step = 0
         self.is_logging = global_rank() == 0
         self.log_uri = tracking_uri(config)  # where this process's MLflow calls go (spool+... while spooling)
         self._exit_stack = contextlib.ExitStack()
@@ -86,12 +90,13 @@ class TrackedRun:
             run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=False)
         log_missing_params(run.info.run_id, logged_params(self.config))
         mlflow.set_tags(run_tags(self.config))
-        # the whole config, paths and all, for whoever reproduces the run. Uploaded now, not at the
+        # the whole config, paths and all (passwords in URIs redacted: every reader of the
+        # experiment sees it), for whoever reproduces the run. Uploaded now, not at the
         # end: MLflow builds a run's artifact repository at its first upload, from a get_run that
         # would wait out minutes of retries if the server were away by then; built now, while the
         # server must answer anyway, it is kept for the run's later uploads (spooled ones, for a
         # spool+ URI)
-        mlflow.log_dict(self.config.to_dict(), CONFIG_ARTIFACT)
+        mlflow.log_dict(redact_values(self.config.to_dict()), CONFIG_ARTIFACT)
         mlflow.pytorch.autolog(log_models=False, checkpoint=False, log_datasets=False, silent=True)
         self.folder.write_state(run_id=run.info.run_id, finished=False)
         return run.info.run_id
@@ -111,7 +116,7 @@ class TrackedRun:
 
     def _close(self) -> None:
         """Log the final figures and checkpoints, end the run with its status."""
-        mlflow.log_metrics(self.final_metrics)
+        mlflow.log_metrics(self.final_metrics, step=self.final_step)
         for path in self.folder.checkpoints():
             mlflow.log_artifact(str(path), artifact_path="checkpoints")
         mlflow.end_run(self.status)

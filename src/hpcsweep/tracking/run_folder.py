@@ -10,6 +10,7 @@ spells these names.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from hpcsweep.atomic import atomic_file
@@ -20,12 +21,15 @@ REQUEUE_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's, written when SLURM signa
 RUN_STATE = "run.json"
 SPOOL_FILE = "mlflow-spool.jsonl"
 
+log = logging.getLogger(__name__)
+
 
 class RunFolder:
     """A training's folder: its checkpoints, its run state and its spool's files."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.state_was_lost = False  # run.json was there but unreadable: resume what the checkpoints hold
 
     @classmethod
     def under(cls, checkpoint_dir: str | Path, name: str) -> RunFolder:
@@ -56,7 +60,19 @@ class RunFolder:
     # the run state: which MLflow run this folder's attempts log into
     def read_state(self) -> dict:
         path = self.path / RUN_STATE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+            if isinstance(state, dict):
+                return state
+            problem = f"a JSON {type(state).__name__}, not an object"
+        except (OSError, ValueError) as error:
+            problem = str(error)
+        if not self.state_was_lost:
+            log.warning("hpcsweep: %s is unreadable (%s); this folder's run is taken as unfinished", path, problem)
+        self.state_was_lost = True
+        return {}
 
     def write_state(self, **state) -> None:
         merged = {**self.read_state(), **state}
@@ -69,17 +85,22 @@ class RunFolder:
         return state.get("run_id") if not state.get("finished") else None
 
     # checkpoints
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / f"{BEST_CHECKPOINT}.ckpt"
+
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("*.ckpt"))
 
-    def resume_checkpoint(self) -> Path | None:
-        """The newest checkpoint of an unfinished attempt: last.ckpt (end of an epoch) or the
-        hpc_ckpt_N.ckpt Lightning writes mid-epoch when SLURM signals a requeue."""
-        if self.resumable_run_id() is None:
-            return None
-        candidates = [self.path / LAST_CHECKPOINT, *self.path.glob(REQUEUE_CHECKPOINTS)]
+    def resume_candidates(self) -> list[Path]:
+        """The checkpoints an unfinished attempt could resume from, newest first: last.ckpt (end of an
+        epoch), the hpc_ckpt_N.ckpt Lightning writes mid-epoch when SLURM signals a requeue, and best
+        (an earlier epoch, better than starting over)."""
+        if self.resumable_run_id() is None and not self.state_was_lost:
+            return []
+        candidates = [self.path / LAST_CHECKPOINT, *self.path.glob(REQUEUE_CHECKPOINTS), self.best_checkpoint]
         found = [path for path in candidates if path.is_file()]
-        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+        return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
 
     def requeued_since(self, since: float) -> bool:
         """Lightning wrote a requeue checkpoint after `since` (a time.time()): SLURM requeued the job."""

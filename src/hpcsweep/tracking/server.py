@@ -7,14 +7,21 @@ database answers with these credentials, the bucket exists and these keys may us
 (clients upload artifacts through it and never need S3 keys themselves).
 
 Credentials come from the environment or `tracking.secrets_file` (PGPASSWORD, AWS_*,
-MLFLOW_S3_ENDPOINT_URL, MLFLOW_AUTH_ADMIN_PASSWORD), never from the command line or params.yaml.
+MLFLOW_S3_ENDPOINT_URL, MLFLOW_AUTH_ADMIN_PASSWORD), never from the command line: every user of
+the node reads a command line in `ps`, so MLflow gets the database URI in its environment
+(MLFLOW_BACKEND_STORE_URI, which `mlflow server` reads itself) and a URI with a password on
+hpcsweep's own command line is refused. A server reachable beyond loopback serves whoever reaches
+it: it needs `--auth` (users and passwords, kept off the wire by `--tls-cert`/`--tls-key`, or by a
+TLS proxy in front) or an explicit `--insecure`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
+import shlex
 import socket
 import sys
 import tempfile
@@ -23,7 +30,7 @@ from urllib.parse import urlparse
 
 from hpcsweep.errors import UserError
 from hpcsweep.telemetry import DEFAULTS as TELEMETRY_DEFAULTS
-from hpcsweep.tracking.credentials import redact
+from hpcsweep.tracking.credentials import redact, redact_text
 
 CONNECT_TIMEOUT_S = 5
 
@@ -38,6 +45,43 @@ class ServerOptions:
     auth: bool
     db_connections: int
     allowed_hosts: str | None = None
+    insecure: bool = False  # beyond loopback without --auth, because the user said so
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_exposure(options: ServerOptions) -> None:
+    """Beyond loopback, anyone on the network could read, change and delete runs without --auth."""
+    if not (is_loopback(options.host) or options.auth or options.insecure):
+        raise UserError(
+            f"--host {options.host} is reachable beyond this machine and anyone there could read, change and "
+            f"delete runs: add --auth (users and passwords), or --insecure on a network where everyone may"
+        )
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise UserError("--tls-cert and --tls-key: give both (the certificate and its private key) or neither")
+    if options.auth and not options.tls_cert and not is_loopback(options.host):
+        print(
+            f"warning: --auth on --host {options.host} without --tls-cert/--tls-key: passwords cross the network "
+            f"in clear unless a TLS proxy stands in front (README: the tracking server)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def check_no_password(flag: str, uri: str) -> None:
+    """A command line is readable by every user of the node (`ps`)."""
+    if redact(uri) != uri:
+        raise UserError(
+            f"{flag} {redact(uri)}: a password on the command line is visible to every user in `ps`; "
+            f"leave it out and set PGPASSWORD (environment or tracking.secrets_file)"
+        )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -59,13 +103,15 @@ def check_backend_store(uri: str) -> None:
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args(uri))
     except (ValueError, ImportError, sqlalchemy.exc.ArgumentError) as error:
-        raise UserError(f"--backend-store-uri {redact(uri)}: not a usable database URI ({error})") from None
+        raise UserError(
+            f"--backend-store-uri {redact(uri)}: not a usable database URI ({redact_text(str(error))})"
+        ) from None
     try:
         with engine.connect():
             pass
     except sqlalchemy.exc.OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        raise UserError(f"--backend-store-uri {redact(uri)}: cannot connect: {reason}") from None
+        raise UserError(f"--backend-store-uri {redact(uri)}: cannot connect: {redact_text(reason)}") from None
     finally:
         engine.dispose()
 
@@ -84,7 +130,9 @@ def check_artifacts_destination(destination: str) -> None:
     import botocore.exceptions
 
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    where = f"--artifacts-destination {destination}" + (f" (MLFLOW_S3_ENDPOINT_URL={endpoint})" if endpoint else "")
+    where = redact_text(
+        f"--artifacts-destination {destination}" + (f" (MLFLOW_S3_ENDPOINT_URL={endpoint})" if endpoint else "")
+    )
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -100,7 +148,7 @@ def check_artifacts_destination(destination: str) -> None:
             f"(environment or tracking.secrets_file)"
         ) from None
     except botocore.exceptions.EndpointConnectionError as error:
-        raise UserError(f"{where}: cannot reach S3 ({error})") from None
+        raise UserError(f"{where}: cannot reach S3 ({redact_text(str(error))})") from None
     except botocore.exceptions.ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchBucket"):
@@ -111,7 +159,7 @@ def check_artifacts_destination(destination: str) -> None:
                 f"{os.environ.get('AWS_ACCESS_KEY_ID', '(unset)')} for bucket {parsed.netloc!r} "
                 f"({code})"
             ) from None
-        raise UserError(f"{where}: S3 answered {code}: {error}") from None
+        raise UserError(f"{where}: S3 answered {code}: {redact_text(str(error))}") from None
 
 
 def database_pool(options: ServerOptions) -> dict[str, str]:
@@ -126,11 +174,23 @@ def database_pool(options: ServerOptions) -> dict[str, str]:
     }
 
 
+# MLflow 3 starts a job runner beside the server by default (a dozen huey worker processes, for
+# GenAI scorers and trace roll-ups): memory and CPU on the server's node for nothing hpcsweep uses
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def server_environment(options: ServerOptions) -> dict[str, str]:
-    """The environment `mlflow server` starts in: this process's own, over the pool sizes and no
-    telemetry, so that a site's setting wins. The CLI set the telemetry defaults already; they are
-    here too because the server must not depend on how `serve` was reached."""
-    return {**database_pool(options), **TELEMETRY_DEFAULTS, **os.environ}
+    """The environment `mlflow server` starts in: this process's own, over the pool sizes, no
+    telemetry and no job runner, so that a site's setting wins. The CLI set the telemetry defaults
+    already; they are here too because the server must not depend on how `serve` was reached. The
+    database URI, password and all, goes here rather than onto the command line."""
+    return {
+        **database_pool(options),
+        **TELEMETRY_DEFAULTS,
+        **WITHOUT_JOB_RUNNER,
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": options.backend_store_uri,
+    }
 
 
 def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
@@ -141,6 +201,7 @@ def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
             "the admin user is created with it on the first start"
         )
     config = folder / "basic_auth.ini"
+    config.touch(mode=0o600)  # the database URI may hold its password
     config.write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {options.backend_store_uri.replace('%', '%%')}\n"
@@ -159,8 +220,6 @@ def mlflow_command(options: ServerOptions) -> list[str]:
         str(Path(sys.executable).parent / "mlflow"),
         "server",
         "--serve-artifacts",
-        "--backend-store-uri",
-        options.backend_store_uri,
         "--artifacts-destination",
         options.artifacts_destination,
         "--host",
@@ -174,16 +233,20 @@ def mlflow_command(options: ServerOptions) -> list[str]:
         command += ["--allowed-hosts", options.allowed_hosts]
     if options.auth:
         command += ["--app-name", "basic-auth"]
+    if options.tls_cert:
+        tls = ["--ssl-certfile", options.tls_cert, "--ssl-keyfile", options.tls_key]
+        command += ["--uvicorn-opts", shlex.join(tls)]
     return command
 
 
 def client_uri(options: ServerOptions) -> str:
     host = socket.gethostname() if options.host in ("0.0.0.0", "::") else options.host  # as SLURM names nodes
-    return f"http://{host}:{options.port}"
+    return f"{'https' if options.tls_cert else 'http'}://{host}:{options.port}"
 
 
 def serve(options: ServerOptions) -> None:
     """Check everything, print the URI for clients, then become the MLflow server."""
+    check_exposure(options)
     check_port_free(options.host, options.port)
     check_backend_store(options.backend_store_uri)
     check_artifacts_destination(options.artifacts_destination)
@@ -192,7 +255,8 @@ def serve(options: ServerOptions) -> None:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
     print(
         f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
-        f"{options.artifacts_destination}{', basic auth' if options.auth else ''}",
+        f"{redact(options.artifacts_destination)}{', basic auth' if options.auth else ''}"
+        f"{', TLS' if options.tls_cert else ''}",
         flush=True,
     )
     print(f"export MLFLOW_TRACKING_URI={client_uri(options)}", flush=True)

@@ -39,12 +39,11 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.utils.credentials import get_default_host_creds
 
-from hpcsweep.tracking.client import SPOOL_PREFIX, without_spool
+from hpcsweep.tracking.client import SPOOL_PREFIX, is_server, without_spool
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.sender import Flusher
 from hpcsweep.tracking.spool import Spool
 
-HTTP_SCHEMES = ("http", "https")
 # artifact URI schemes whose uploads are spooled (each has a spool+SCHEME entry point); the
 # artifacts of a run on any other store are uploaded directly, as MLflow would
 SPOOLED_ARTIFACT_SCHEMES = ("mlflow-artifacts", "s3")
@@ -168,7 +167,7 @@ def spooled_writes(uri: str, run_dir: Path, flush_timeout_s: float) -> Iterator[
     then wait up to `flush_timeout_s` for them to be sent. Yields the URI to log through (give it
     to mlflow.set_tracking_uri and the system-metrics monitor). Other URIs (a local SQLite file or
     folder) cannot be away: for those this yields `uri` and does nothing."""
-    if urlparse(uri).scheme not in HTTP_SCHEMES:
+    if not is_server(uri):
         yield uri
         return
     key = uri.rstrip("/")

@@ -1,7 +1,8 @@
 """train(config) -> TrainResult: one training, on any number of ranks, into one MLflow run.
 
 The Lightning Trainer gets the strategy, precision and batching the config names, checkpoints
-(last and best by `val/acc`) in the training's run folder, and the efficiency callback. The
+(last and best by `val/acc`, each written whole: checkpoint_io.py) in the training's run folder,
+and the efficiency callback. The
 folder is named after the launcher's MLflow run or else the config hash, so that running the
 same training again after an interruption finds the checkpoint and the run, and resumes both.
 The whole fit happens inside one `TrackedRun`; the run's status says how training ended.
@@ -24,11 +25,13 @@ from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
+from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
 from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, RunFolder
 from hpcsweep.training.batch_plan import per_rank_batch_size
+from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
 from hpcsweep.training.module import ResNetModule
 
@@ -78,8 +81,16 @@ def torch_cuda_available() -> bool:
 
 def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
     train = config.train
+    # saved at the very end of an epoch (Lightning runs checkpoint callbacks after the others), once
+    # autologging has spooled the epoch's train and val metrics: a job killed before the checkpoint
+    # repeats the epoch (the spool drops the repeated figures), one killed after it loses nothing
     checkpoints = ModelCheckpoint(
-        dirpath=folder.path, filename=BEST_CHECKPOINT, monitor="val/acc", mode="max", save_last=True
+        dirpath=folder.path,
+        filename=BEST_CHECKPOINT,
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+        save_on_train_epoch_end=True,
     )
     return L.Trainer(
         accelerator=train.accelerator,
@@ -89,6 +100,7 @@ def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]
         precision=train.precision,
         max_epochs=train.max_epochs,
         callbacks=[checkpoints, *callbacks],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=folder.path,
         logger=False,
         enable_progress_bar=False,
@@ -98,8 +110,7 @@ def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]
     )
 
 
-def check_enough_data(config: Config) -> None:
-    stats = json.loads((Path(config.data.prepared_dir) / "stats.json").read_text())
+def check_enough_data(config: Config, stats: dict) -> None:
     available = min(stats["images"]["train"], config.train.limit_train_samples or stats["images"]["train"])
     if available < config.train.batch_size:
         raise UserError(
@@ -133,13 +144,10 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     quiet_known_warnings()
     world_size = config.train.devices * config.train.num_nodes
     per_rank = per_rank_batch_size(config.train.batch_size, world_size)
-    stats_path = Path(config.data.prepared_dir) / "stats.json"
-    if not stats_path.is_file():
-        raise UserError(f"{stats_path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")
-    check_enough_data(config)
+    check_enough_data(config, check_prepared(Path(config.data.prepared_dir)))  # before any run exists
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     folder = run_folder_for(config, run_id)
-    resume = folder.resume_checkpoint()
+    resume = first_loadable(folder.resume_candidates())
     if global_rank() == 0 and not resume:
         folder.remove_checkpoints()
     with TrackedRun(config, folder, run_id) as run:
@@ -184,7 +192,7 @@ def fit(config: Config, run: TrackedRun, resume: Path | None, per_rank: int) -> 
         raise
     finally:
         result = collect_result(run.id, run.status, trainer, module, efficiency)
-        run.final_metrics = final_metrics(result)
+        run.final_metrics, run.final_step = final_metrics(result), result.epochs
     return result
 
 
