@@ -296,7 +296,9 @@ def server_environment(s3: dict[str, str], database_uri: str) -> tuple[str, dict
     url = sqlalchemy.make_url(database_uri)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     environment |= {**s3, "PGPASSWORD": url.password or "", "PYTHONPATH": str(ROOT / "src")}
-    return url.set(password=None).render_as_string(hide_password=False), environment
+    # URL.set(password=None) keeps the password (None means "unchanged"): build the URL without it
+    without = sqlalchemy.URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+    return without.render_as_string(hide_password=False), environment
 
 
 class HpcsweepServer:

@@ -123,6 +123,12 @@ class RunFolder:
         stalled = self.read_state().get("stalled_requeues") or {}
         return stalled.get("count", 0) if stalled.get("job") == job else 0
 
+    def remove_unfinished_checkpoints(self) -> None:
+        """Temporaries of checkpoint writes a kill cut short (atomic.atomic_file's `.NAME.*.tmp`):
+        as large as a checkpoint each, and never to be finished."""
+        for temporary in self.path.glob(".*.ckpt.*.tmp"):
+            temporary.unlink(missing_ok=True)
+
     def remove_checkpoints(self) -> None:
         """A finished run's checkpoints: left in place, Lightning would number new ones best-v1."""
         for stale in self.checkpoints():

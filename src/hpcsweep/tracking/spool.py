@@ -145,16 +145,32 @@ class Spool:
         append_line(self.files.spool_rejected, json.dumps({"reason": reason, "record": record}) + "\n")
 
 
+def metric_point(run_id: object, metric: object) -> tuple[str, str, int] | None:
+    """(run, key, step) of one spooled metric; None for a system metric or one not well formed
+    (the sender sets those aside)."""
+    if not (isinstance(metric, list | tuple) and len(metric) == 4 and isinstance(run_id, str)):
+        return None
+    key, _, _, step = metric
+    if not isinstance(key, str) or not isinstance(step, int) or key.startswith(SYSTEM_METRICS):
+        return None
+    return run_id, key, step
+
+
+def metric_list(record: dict) -> list:
+    metrics = record.get("metrics")
+    return metrics if isinstance(metrics, list) else []
+
+
 def metric_points(record: dict) -> set[tuple[str, str, int]]:
     """The (run, key, step) of each metric in a log_batch record, system metrics excepted."""
-    metrics = record.get("metrics") or []
-    return {(record["run_id"], key, step) for key, _, _, step in metrics if not key.startswith(SYSTEM_METRICS)}
+    points = (metric_point(record.get("run_id"), metric) for metric in metric_list(record))
+    return {point for point in points if point}
 
 
 def without_points(record: dict, logged: set[tuple[str, str, int]]) -> dict | None:
     """`record` without the metric points in `logged`; None when nothing is left to log."""
-    metrics = record.get("metrics") or []
-    fresh = [m for m in metrics if m[0].startswith(SYSTEM_METRICS) or (record["run_id"], m[0], m[3]) not in logged]
+    metrics = metric_list(record)
+    fresh = [metric for metric in metrics if metric_point(record.get("run_id"), metric) not in logged]
     if len(fresh) == len(metrics):
         return record
     if not fresh and not record.get("params") and not record.get("tags"):

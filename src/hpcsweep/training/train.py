@@ -29,7 +29,7 @@ from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
-from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, RunFolder
+from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
 from hpcsweep.training.batch_plan import per_rank_batch_size
 from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
@@ -81,16 +81,20 @@ def torch_cuda_available() -> bool:
 
 def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
     train = config.train
-    # saved at the very end of an epoch (Lightning runs checkpoint callbacks after the others), once
-    # autologging has spooled the epoch's train and val metrics: a job killed before the checkpoint
-    # repeats the epoch (the spool drops the repeated figures), one killed after it loses nothing
-    checkpoints = ModelCheckpoint(
+    # Both are saved at the very end of an epoch (Lightning runs checkpoint callbacks after the
+    # others), once autologging has spooled the epoch's figures: a job killed before the checkpoint
+    # repeats the epoch (the spool drops the repeated figures), one killed after it loses nothing.
+    # `last` is a callback of its own: ModelCheckpoint(save_last=True) writes last.ckpt only in
+    # epochs that improve the monitored metric, and a resume would go back to the best epoch.
+    best = ModelCheckpoint(
+        dirpath=folder.path, filename=BEST_CHECKPOINT, monitor="val/acc", mode="max", save_on_train_epoch_end=True
+    )
+    last = ModelCheckpoint(
         dirpath=folder.path,
-        filename=BEST_CHECKPOINT,
-        monitor="val/acc",
-        mode="max",
-        save_last=True,
+        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+        save_top_k=1,  # with no monitor: the newest epoch, written over the previous one
         save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
     return L.Trainer(
         accelerator=train.accelerator,
@@ -99,7 +103,7 @@ def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]
         strategy=strategy_for(config),
         precision=train.precision,
         max_epochs=train.max_epochs,
-        callbacks=[checkpoints, *callbacks],
+        callbacks=[best, last, *callbacks],  # best first: it is trainer.checkpoint_callback
         plugins=[AtomicCheckpointIO()],
         default_root_dir=folder.path,
         logger=False,
@@ -148,8 +152,10 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     folder = run_folder_for(config, run_id)
     resume = first_loadable(folder.resume_candidates())
-    if global_rank() == 0 and not resume:
-        folder.remove_checkpoints()
+    if global_rank() == 0:
+        folder.remove_unfinished_checkpoints()
+        if not resume:
+            folder.remove_checkpoints()
     with TrackedRun(config, folder, run_id) as run:
         check_requeue_budget(config, run)
         return fit(config, run, resume, per_rank)
