@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers.runs import TINY, write_grid
+from helpers.runs import QUICK, TINY, hpcsweep, overrides, runs_of, write_grid
 from helpers.services import free_port
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
@@ -92,3 +92,21 @@ def test_the_launch_runs_artifacts_hold_no_password(client, project, tmp_path):
     tracking = json.loads(texts["points.json"])["points"][0]["config"]["tracking"]
     assert tracking["uri"] == client.tracking_uri.replace(PASSWORD, "***")
     assert tracking["backend_store_uri"] == "postgresql://mlflow:***@db/m"
+
+
+@pytest.mark.slow
+def test_a_trainings_config_artifact_and_spool_hold_no_password(prepared, tracking_server):
+    project, experiment = prepared.parent.parent, f"redacted-{uuid.uuid4().hex[:8]}"
+    uri = with_password(tracking_server)
+    done = hpcsweep(
+        ["train", *overrides(*QUICK, f"tracking.experiment={experiment}", f"tracking.uri={uri}")], project, uri
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = runs_of(tracking_server, experiment)
+    config = mlflow.MlflowClient(tracking_server).download_artifacts(run.info.run_id, "config.json", str(project))
+    written = [Path(config).read_text(), done.stdout, done.stderr, *map(str, run.data.params.values())]
+    written += [path.read_text() for path in (project / "checkpoints").rglob("mlflow-spool.*") if path.is_file()]
+    assert json.loads(Path(config).read_text())["tracking"]["uri"] == tracking_server.replace(
+        "http://", "http://alice:***@"
+    )
+    assert not [text for text in written if PASSWORD in text]
