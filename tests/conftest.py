@@ -29,6 +29,16 @@ from helpers.services import (
 from helpers.synthetic import write_archive
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs on two workers (pytest-xdist, `--dist loadgroup`): each module runs whole on
+    one worker, so its module and session fixtures are built once, and the modules that use the
+    development cluster share one worker, since one process at a time may start and use it."""
+    on_cluster = {item.path for item in items if "slurm_cluster" in getattr(item, "fixturenames", ())}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("slurm-cluster" if item.path in on_cluster else item.path.stem))
+
+
 @pytest.fixture(scope="session")
 def synthetic_archive(tmp_path_factory) -> Path:
     return write_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
