@@ -50,6 +50,7 @@ def test_a_server_whose_uri_has_a_password_passes_the_launch_check(tracking_serv
         f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}",
         f"mysql://mlflow:{PASSWORD}@127.0.0.1:{free_port()}/mlflow",  # no driver: fails at once
     ],
+    ids=["server", "database"],  # the same on every pytest-xdist worker, unlike the password and port
 )
 def test_the_launch_check_names_an_unreachable_store_without_its_password(uri):
     message = error_of(lambda: check_tracking_server(uri))
