@@ -2,9 +2,9 @@
 
 The Lightning Trainer gets the strategy, precision and batching the config names, checkpoints
 (last and best by `val/acc`, each written whole: checkpoint_io.py) in the training's run folder,
-and the efficiency callback. The folder is named after the launcher's MLflow run or else the
-config hash, so that running the same training again after an interruption finds the checkpoint
-and the run, and resumes both.
+and the efficiency callback. The
+folder is named after the launcher's MLflow run or else the config hash, so that running the
+same training again after an interruption finds the checkpoint and the run, and resumes both.
 The whole fit happens inside one `TrackedRun`; the run's status says how training ended.
 """
 
