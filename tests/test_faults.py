@@ -94,4 +94,4 @@ def test_a_training_killed_ten_times_and_its_server_twice_logs_every_epoch_exact
         assert steps == list(range(EPOCHS)), f"{key}: lost {set(range(EPOCHS)) - set(steps)}, steps {steps}"
     [folder] = (project / "checkpoints").iterdir()
     assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == EPOCHS - 1
-    assert not list(folder.glob(".*.tmp")), "a killed checkpoint write left its temporary behind"
+    assert not list(folder.glob(".*.ckpt.*.tmp")), "a killed checkpoint write left its temporary behind"
