@@ -36,7 +36,7 @@ MODEL_NAMES = ("resnet110", "resnet18", "resnet20", "resnet32", "resnet34", "res
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lars", "lamb")
 SCHEDULERS = ("onecycle", "cosine", "step", "constant")
 LR_SCALINGS = ("linear", "sqrt", "none")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")  # auto: hardware/precision.py picks per device
 STRATEGIES = ("auto", "ddp")
 ACCELERATORS = ("auto", "cpu", "gpu")
 LOADERS = ("device", "torchvision")
@@ -75,6 +75,7 @@ class TrainConfig:
     memory_margin: float = rule(ge=0, lt=1)
     max_epochs: int = rule(ge=1)
     precision: str = rule(choices=PRECISIONS)
+    compile: bool = rule()
     accelerator: str = rule(choices=ACCELERATORS)
     strategy: str = rule(choices=STRATEGIES)
     devices: int = rule(ge=1)

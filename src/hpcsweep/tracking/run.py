@@ -41,8 +41,9 @@ class TrackedRun:
     checkpoints and closes the run with `run.status` (FAILED unless the block set another:
     FINISHED, KILLED, or SCHEDULED when a requeued job will resume it)."""
 
-    def __init__(self, config: Config, folder: RunFolder, run_id: str | None = None):
+    def __init__(self, config: Config, folder: RunFolder, run_id: str | None = None, params: dict | None = None):
         self.config, self.folder = config, folder
+        self.params = {**logged_params(config), **(params or {})}  # the config's, and what this attempt resolved
         self.id = run_id
         self.status = "FAILED"
         self.final_metrics: dict[str, float] = {}
@@ -88,7 +89,7 @@ class TrackedRun:
         else:
             experiment = mlflow.set_experiment(self.config.tracking.experiment)
             run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=False)
-        log_missing_params(run.info.run_id, logged_params(self.config))
+        log_missing_params(run.info.run_id, self.params)
         mlflow.set_tags(run_tags(self.config))
         # the whole config, paths and all (passwords in URIs redacted: every reader of the
         # experiment sees it), for whoever reproduces the run. Uploaded now, not at the

@@ -18,6 +18,8 @@ from hpcsweep.config import Config
 
 # why a run ended FAILED, where hpcsweep knows better than a traceback (shown by `hpcsweep status`)
 FAILURE_REASON = "hpcsweep.failure_reason"
+# the param that says which precision `precision: auto` (or an explicit one) trained in
+PRECISION_USED = "precision_used"
 
 # an array task is named ARRAYJOB_TASK by every SLURM command: slurm_job_id is the array's id
 # (as the launcher tags it), not the task's own SLURM_JOB_ID

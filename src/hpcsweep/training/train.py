@@ -22,14 +22,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 from hpcsweep.atomic import atomic_file
-from hpcsweep.config import Config
+from hpcsweep.config import Config, TrainConfig
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
+from hpcsweep.hardware.precision import precision_for
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
 from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
+from hpcsweep.tracking.tags import PRECISION_USED
 from hpcsweep.training.batch_plan import per_rank_batch_size
 from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
@@ -66,10 +68,10 @@ def run_folder_for(config: Config, run_id: str | None) -> RunFolder:
     return RunFolder.under(config.tracking.checkpoint_dir, run_id or config.hash)
 
 
-def strategy_for(config: Config):
-    if config.train.strategy != "ddp":
-        return config.train.strategy
-    on_cpu = config.train.accelerator == "cpu" or not torch_cuda_available()
+def strategy_for(train: TrainConfig):
+    if train.strategy != "ddp":
+        return train.strategy
+    on_cpu = train.accelerator == "cpu" or not torch_cuda_available()
     return DDPStrategy(process_group_backend="gloo" if on_cpu else "nccl")
 
 
@@ -79,8 +81,7 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
-    train = config.train
+def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
     # Both are saved at the very end of an epoch (Lightning runs checkpoint callbacks after the
     # others), once autologging has spooled the epoch's figures: a job killed before the checkpoint
     # repeats the epoch (the spool drops the repeated figures), one killed after it loses nothing.
@@ -100,7 +101,7 @@ def build_trainer(config: Config, folder: RunFolder, callbacks: list[L.Callback]
         accelerator=train.accelerator,
         devices=train.devices,
         num_nodes=train.num_nodes,
-        strategy=strategy_for(config),
+        strategy=strategy_for(train),
         precision=train.precision,
         max_epochs=train.max_epochs,
         callbacks=[best, last, *callbacks],  # best first: it is trainer.checkpoint_callback
@@ -156,9 +157,10 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
         folder.remove_unfinished_checkpoints()
         if not resume:
             folder.remove_checkpoints()
-    with TrackedRun(config, folder, run_id) as run:
+    precision = precision_for(config.train.accelerator, config.train.precision)
+    with TrackedRun(config, folder, run_id, params={PRECISION_USED: precision}) as run:
         check_requeue_budget(config, run)
-        return fit(config, run, resume, per_rank)
+        return fit(config, dataclasses.replace(config.train, precision=precision), run, resume, per_rank)
 
 
 def check_requeue_budget(config: Config, run: TrackedRun) -> None:
@@ -173,18 +175,19 @@ def check_requeue_budget(config: Config, run: TrackedRun) -> None:
         )
 
 
-def fit(config: Config, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
-    """Fit inside the open run; tell the run the status the fit ended in and its final figures."""
-    efficiency = EfficiencyMetrics(config.train.target_accuracy)
-    trainer = build_trainer(config, run.folder, [efficiency, DataCoverage()])
+def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
+    """Fit `train` (the config's train section, its precision resolved) inside the open run; tell
+    the run the status the fit ended in and its final figures."""
+    efficiency = EfficiencyMetrics(train.target_accuracy)
+    trainer = build_trainer(train, run.folder, [efficiency, DataCoverage()])
     datamodule = CIFAR10DataModule(
         config.data.prepared_dir,
         loader=config.data.loader,
         batch_size=per_rank,
         seed=config.train.seed,
-        limit_train_samples=config.train.limit_train_samples,
+        limit_train_samples=train.limit_train_samples,
     )
-    module = ResNetModule.from_config(config.train)
+    module = ResNetModule.from_config(train)
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
