@@ -29,6 +29,17 @@ from helpers.services import (
 from helpers.synthetic import write_archive
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker and the trainings it starts get their share of the cores:
+    two workers each running torch on every core slow each other down several times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by every process a test starts
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs on two workers (pytest-xdist, `--dist loadgroup`): each module runs whole on

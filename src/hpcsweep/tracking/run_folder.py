@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from hpcsweep.atomic import atomic_file
@@ -99,8 +100,7 @@ class RunFolder:
         if self.resumable_run_id() is None and not self.state_was_lost:
             return []
         candidates = [self.path / LAST_CHECKPOINT, *self.path.glob(REQUEUE_CHECKPOINTS), self.best_checkpoint]
-        found = [path for path in candidates if path.is_file()]
-        return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+        return newest_first(path for path in candidates if path.is_file())
 
     def requeued_since(self, since: float) -> bool:
         """Lightning wrote a requeue checkpoint after `since` (a time.time()): SLURM requeued the job."""
@@ -113,8 +113,7 @@ class RunFolder:
         progressed = last.is_file() and last.stat().st_mtime >= started
         stalled = 0 if progressed else self.stalled_requeues(job) + 1
         self.write_state(stalled_requeues={"job": job, "count": stalled})
-        newest_first = sorted(self.path.glob(REQUEUE_CHECKPOINTS), key=lambda path: path.stat().st_mtime, reverse=True)
-        for older in newest_first[1:]:
+        for older in newest_first(self.path.glob(REQUEUE_CHECKPOINTS))[1:]:
             older.unlink()
 
     def stalled_requeues(self, job: str | None) -> int:
@@ -133,3 +132,7 @@ class RunFolder:
         """A finished run's checkpoints: left in place, Lightning would number new ones best-v1."""
         for stale in self.checkpoints():
             stale.unlink()
+
+
+def newest_first(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda path: path.stat().st_mtime, reverse=True)
