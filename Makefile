@@ -11,11 +11,23 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(INSTALLED)
 
+# `make setup TORCH_INDEX=URL`: torch and torchvision, at the versions pyproject.toml pins, come
+# from that index first: a build with kernels for the site's GPUs, e.g.
+# https://download.pytorch.org/whl/cu126 for Pascal (P100) and Volta (V100); README.md, "GPU
+# generations". The install after it finds them satisfied (2.14.1+cu126 is ==2.14.1). To switch
+# the torch of an existing .venv: make clean setup TORCH_INDEX=URL.
+TORCH_INDEX ?=
+TORCH_PINS = $(shell $(PYTHON) -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(*(pin for pin in project['dependencies'] if pin.split('==')[0] in ('torch', 'torchvision')))")
+
 # One pip install resolves every dependency together (dvc-s3 bounds botocore through
 # aiobotocore; boto3 must be resolved with it), then pip check proves the set is consistent.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS)
+endif
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip check
 	$(MAKE) --no-print-directory postgresql

@@ -31,7 +31,7 @@ from hpcsweep.grid.spec import load_grid
 
 GRID = """name: launch-benchmark
 experiment: launch-benchmark
-base: {max_epochs: 2}
+base: {max_epochs: 2, accelerator: cpu}
 grid: {lr: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1],
        batch_size: [64, 128, 192, 256, 320, 384, 448, 512, 576, 640]}
 seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]

@@ -16,8 +16,9 @@ import pytest
 from helpers.project import ROOT
 from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
 from hpcsweep.errors import UserError
-from hpcsweep.grid.executors.slurm import JobSpec, render_job_script
-from hpcsweep.grid.spec import expand, load_grid
+from hpcsweep.grid.executors.base import Batch
+from hpcsweep.grid.executors.slurm import JobSpec, SlurmExecutor, render_job_script
+from hpcsweep.grid.spec import Grid, expand, load_grid
 
 ISSUE_EXAMPLE = {
     "name": "optimizers",
@@ -120,6 +121,8 @@ def test_unknown_extra_sbatch_options_and_bad_templates_are_refused():
     spec = snapshot_job_spec(extra={"ntasks": 8})
     with pytest.raises(UserError, match="unknown or config-controlled option 'ntasks'; valid: account, begin"):
         render_job_script(spec)
+    with pytest.raises(UserError, match="option 'gpu-bind'"):  # each task must see every GPU of its node
+        render_job_script(snapshot_job_spec(extra={"gpu-bind": "single:1"}))
     ok = snapshot_job_spec(extra={})
     with pytest.raises(UserError, match=r"unknown or malformed placeholder 'gpus'"):
         render_job_script(ok, "#!/bin/bash\n${directives}\n${gpus}\n")
@@ -277,10 +280,134 @@ def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking
     assert point_runs(tracking_server, name) == []
 
 
+ON_GPU = {"accelerator": {"gpu"}, "micro_batch_size": {"auto"}}  # micro-batches that fit the GPU's memory
+SINGLE_GPU = {**ON_GPU, "devices x num_nodes": {(1, 1)}}
+ALL_OPTIMIZERS = {"sgd", "adam", "adamw", "rmsprop", "adagrad", "lars", "lamb"}
+BATCH_SIZES = {32, 128, 512, 2048, 8192}
+LARGE_BATCH_OPTIMIZERS = {"sgd", "lars", "lamb"}
+# what each study grid's comment promises, as the values its points take ("a x b": pairs of values)
+STUDY_GRIDS = {
+    "optimizers": {**SINGLE_GPU, "optimizer": ALL_OPTIMIZERS, "batch_size": {512}, "precision": {"auto"}},
+    "batch_sizes": {
+        **SINGLE_GPU,
+        "batch_size": BATCH_SIZES,
+        "optimizer": LARGE_BATCH_OPTIMIZERS,
+        "precision": {"auto"},
+    },
+    "parallel": {
+        **ON_GPU,
+        "devices x num_nodes": {(1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (8, 2)},
+        "batch_size": {1024},
+        "precision": {"auto"},
+    },
+    "precision": {**SINGLE_GPU, "precision": {"32-true", "bf16-mixed", "16-mixed"}},
+    "p100-optimizers": {**SINGLE_GPU, "optimizer": ALL_OPTIMIZERS, "batch_size": {512}, "precision": {"16-mixed"}},
+    "p100-batch-sizes": {
+        **SINGLE_GPU,
+        "batch_size": BATCH_SIZES,
+        "optimizer": LARGE_BATCH_OPTIMIZERS,
+        "precision": {"16-mixed"},
+    },
+    "p100-parallel": {
+        **ON_GPU,
+        "devices x num_nodes": {(1, 1), (2, 1), (4, 1), (4, 2)},
+        "batch_size": {1024},
+        "precision": {"16-mixed"},
+    },
+    "p100-precision": {**SINGLE_GPU, "precision": {"32-true", "16-mixed"}},
+    "cpu-demo": {"accelerator": {"cpu"}, "optimizer": {"sgd", "adam", "rmsprop"}, "batch_size": {64, 256}},
+}
+PASCAL_PRECISIONS = {"32-true", "16-mixed"}  # no bf16 on a P100; named, so the grid means the same elsewhere
+P100_GPUS_PER_NODE = 4
+P100_MEMORY_MB = 16 * 1024
+
+
+def values_taken(grid: Grid, key: str) -> set:
+    """The values train key `key` takes over the grid's points; "a x b" gives (a, b) pairs."""
+    names = key.split(" x ")
+    pairs = {tuple(getattr(point.config.train, name) for name in names) for point in grid.points}
+    return pairs if len(names) > 1 else {value for (value,) in pairs}
+
+
 @pytest.mark.parametrize("grid_file", sorted((ROOT / "slurm/grids").glob("*.yaml")), ids=lambda p: p.name)
-def test_the_study_grids_are_valid(grid_file):
+def test_the_study_grids_are_valid_portable_and_keep_their_comments_promises(grid_file):
     grid = load_grid(grid_file, ROOT / "params.yaml", {})
     assert grid.name == grid_file.stem and grid.points
+    SlurmExecutor().check_points(grid.points)  # what a launch refuses: short time limits, accelerator auto
+    assert {point.config.slurm.partition for point in grid.points} == {None}  # the site's -s slurm.partition
+    for key, promised in STUDY_GRIDS.get(grid.name, {}).items():
+        assert values_taken(grid, key) == promised, key
+    if grid.name.startswith("p100-"):
+        assert values_taken(grid, "precision") <= PASCAL_PRECISIONS
+        assert max(values_taken(grid, "devices")) <= P100_GPUS_PER_NODE
+        assert all((point.config.train.memory_limit_mb or 0) <= P100_MEMORY_MB for point in grid.points)
+
+
+def test_every_study_grid_with_promises_exists():
+    assert set(STUDY_GRIDS) <= {path.stem for path in (ROOT / "slurm/grids").glob("*.yaml")}
+
+
+def test_a_slurm_launch_refuses_accelerator_auto_in_one_line_before_writing_anything(project):
+    grid = write_grid(project, {"name": "unasked", "grid": {"lr": [0.1]}})  # params.yaml's accelerator: auto
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm", "--dry-run"), cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "Error: point 0 (lr=0.1): accelerator=auto would get no GPU from SLURM; set accelerator: gpu "
+        "(hpcsweep then asks for --gpus-per-node=devices) or accelerator: cpu\n"
+    )
+    assert not (project / "runs").exists()
+
+
+def config_on_gpu(config):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, accelerator="gpu"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ({"gres": "gpu:2"}, "gres=gpu:2"),
+        ({"constraint": "p100", "gres": "craynetwork:1,gpu:p100:2"}, "gres=craynetwork:1,gpu:p100:2"),
+        ({"gres": "shard:1"}, "gres=shard:1"),
+        ({"mem-per-gpu": "16G"}, "mem-per-gpu=16G"),
+        ({"gres": "craynetwork:1", "constraint": "gpu_node"}, None),  # no GPU asked for
+    ],
+)
+def test_cpu_points_whose_slurm_extra_asks_for_gpus_are_refused(tmp_path, extra, refused):
+    spec = {"name": "cpu", "base": {"accelerator": "cpu"}, "grid": {"seed": [0]}, "slurm": {"extra": extra}}
+    points = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {}).points
+    if refused is None:
+        SlurmExecutor().check_points(points)
+        return
+    with pytest.raises(UserError) as error:
+        SlurmExecutor().check_points(points)
+    assert str(error.value) == (
+        f"point 0 (seed=0): accelerator=cpu, but slurm.extra {refused} asks SLURM for GPUs the training would "
+        f"leave idle; set accelerator: gpu (hpcsweep then asks for --gpus-per-node=devices) or drop "
+        f"{refused.split('=')[0]} from slurm.extra"
+    )
+    points[0] = dataclasses.replace(points[0], config=config_on_gpu(points[0].config))
+    SlurmExecutor().check_points(points)  # the same request for a GPU training is what it needs
+
+
+def rendered_directives(tmp_path: Path, train: dict) -> list[str]:
+    """The job script SlurmExecutor writes for one point of `train` settings, read back."""
+    grid = load_grid(write_grid(tmp_path, {"name": "shape", "base": train, "seeds": [0]}), ROOT / "params.yaml", {})
+    batch = Batch(0, grid.name, grid.points, tmp_path / "launch")
+    SlurmExecutor().prepare(batch)
+    return batch.script.read_text().splitlines()
+
+
+def test_devices_and_nodes_of_a_real_config_become_tasks_and_gpus_per_node_and_srun_gets_the_cpus(tmp_path):
+    multi_node = rendered_directives(tmp_path, {"accelerator": "gpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"})
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"} <= set(multi_node)
+    assert "#SBATCH --cpus-per-task=4" in multi_node  # params.yaml's slurm.cpus_per_task
+    (srun,) = [line for line in multi_node if line.startswith("srun ")]
+    assert srun.startswith('srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" ')
+    on_cpu = rendered_directives(tmp_path, {"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+    assert {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2"} <= set(on_cpu)
+    assert not [line for line in on_cpu if line.startswith("#SBATCH") and "gpu" in line]
 
 
 def test_a_rendered_job_script_turns_telemetry_off_unless_the_job_environment_chose(tmp_path):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,88 @@ def test_conda_env_pins_the_same_versions_as_pyproject():
     assert all("==" in requirement for requirement in project["dependencies"])
     python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert python == "python=3.11" and project["requires-python"] == ">=3.11,<3.12"
+
+
+TORCH_PACKAGES = ("torch", "torchvision")
+SITE_BUILD = "cu126"  # the local version label PyTorch's CUDA 12.6 index gives its wheels
+
+
+def pinned(names: tuple[str, ...]) -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = dict(requirement.split("==") for requirement in project["dependencies"])
+    return {name: pins[name] for name in names}
+
+
+def build_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    """A real, tiny wheel: what pip resolves is its name, version and requirements, not its 5 GB of kernels."""
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = [
+        "Metadata-Version: 2.1",
+        f"Name: {name}",
+        f"Version: {version}",
+        *(f"Requires-Dist: {r}" for r in requires),
+    ]
+    wheel = ["Wheel-Version: 1.0", "Generator: hpcsweep-tests", "Root-Is-Purelib: true", "Tag: py3-none-any"]
+    files = {
+        f"{name}/__init__.py": "",
+        f"{dist_info}/METADATA": "\n".join(metadata) + "\n",
+        f"{dist_info}/WHEEL": "\n".join(wheel) + "\n",
+    }
+    files[f"{dist_info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist_info}/RECORD"])
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def site_torch_index(folder: Path) -> Path:
+    """A PEP 503 simple index laid out like PyTorch's per-CUDA ones: the pinned torch and
+    torchvision as +cu126 builds, torchvision requiring the torch it was built for."""
+    pins = pinned(TORCH_PACKAGES)
+    for name, version in pins.items():
+        requires = [f"torch=={pins['torch']}"] if name == "torchvision" else []
+        (folder / name).mkdir(parents=True)
+        wheel = build_wheel(folder / name, name, f"{version}+{SITE_BUILD}", requires)
+        link = wheel.name.replace("+", "%2B")
+        (folder / name / "index.html").write_text(
+            f'<!DOCTYPE html><html><body><a href="{link}">{wheel.name}</a></body></html>'
+        )
+    return folder
+
+
+def pip_without_configuration() -> dict[str, str]:
+    """pip with no config file, find-links or extra index of this machine: only the command's own index counts."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def test_make_setup_with_a_torch_index_installs_the_pinned_torch_from_it_before_everything_else(tmp_path):
+    index = site_torch_index(tmp_path / "simple").as_uri()
+    rendered = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", "setup", f"TORCH_INDEX={index}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    from_index = [line for line in rendered if "--index-url" in line]
+    pins = [f"{name}=={version}" for name, version in pinned(TORCH_PACKAGES).items()]
+    assert from_index == [f".venv/bin/python -m pip install --quiet --index-url {index} {' '.join(pins)}"]
+    assert rendered.index(from_index[0]) < rendered.index(".venv/bin/python -m pip install --quiet -e '.[test]'")
+
+    # the rendered command itself (with this test's python), as a dry run: what would it install, from where?
+    report = tmp_path / "report.json"
+    command = [sys.executable, *shlex.split(from_index[0])[1:], "--dry-run", "--ignore-installed", "--report", report]
+    done = subprocess.run(command, env=pip_without_configuration(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chosen = {
+        item["metadata"]["name"]: (item["metadata"]["version"], item["download_info"]["url"].startswith(index))
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert chosen == {name: (f"{version}+{SITE_BUILD}", True) for name, version in pinned(TORCH_PACKAGES).items()}
+    without = subprocess.run(["make", "-n", "-B", "setup"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "--index-url" not in without.stdout  # no TORCH_INDEX: the one install from PyPI, as before
 
 
 def hpcsweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:

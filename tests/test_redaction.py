@@ -17,10 +17,10 @@ from helpers.runs import QUICK, TINY, hpcsweep, overrides, runs_of, write_grid
 from helpers.services import free_port
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
-from hpcsweep.grid.launch import check_tracking_server
 from hpcsweep.grid.spec import load_grid
 from hpcsweep.grid.status import status_rows
 from hpcsweep.report.records import fetch_records
+from hpcsweep.tracking.client import check_tracking_server
 
 PASSWORD = "pw-" + uuid.uuid4().hex
 

@@ -26,7 +26,12 @@ def touch(path, mtime: float) -> None:
 
 
 def test_a_time_limit_that_leaves_no_training_before_the_requeue_signal_is_refused(tmp_path):
-    spec = {"name": "short", "slurm": {"time": "00:01:00"}, "grid": {"optimizer": ["sgd", "adam"]}}
+    spec = {
+        "name": "short",
+        "base": {"accelerator": "cpu"},  # a SLURM launch refuses accelerator auto
+        "slurm": {"time": "00:01:00"},
+        "grid": {"optimizer": ["sgd", "adam"]},
+    }
     grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
     with pytest.raises(UserError) as refused:
         SlurmExecutor().check_points(grid.points)

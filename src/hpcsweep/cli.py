@@ -124,6 +124,19 @@ def train(config, metrics_out: Path | None) -> None:
 
 
 @main.command()
+@config_options
+def doctor(config) -> None:
+    """Versions, GPUs, Slurm, tracking server, prepared data; exit 1 on anything that would fail a training."""
+    from hpcsweep.hardware.doctor import diagnose
+
+    diagnosis = diagnose(config)
+    for line in diagnosis.lines():
+        click.echo(line)
+    if diagnosis.problems:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
 @click.argument("gridfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option(

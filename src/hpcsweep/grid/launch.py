@@ -16,8 +16,6 @@ import dataclasses
 import itertools
 import json
 import time
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
@@ -31,8 +29,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch, Executor
 from hpcsweep.grid.spec import Grid, Point
-from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, tracking_uri
-from hpcsweep.tracking.credentials import redact, redact_text
+from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16
@@ -53,30 +50,6 @@ def for_jobs(config: Config, uri: str) -> Config:
         config.tracking, uri=uri, checkpoint_dir=str(Path(config.tracking.checkpoint_dir).resolve())
     )
     return dataclasses.replace(config, data=data, tracking=tracking)
-
-
-def check_tracking_server(uri: str) -> None:
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(health_url(uri), timeout=10):
-                return
-        except OSError as error:
-            raise UserError(
-                f"tracking server {redact(uri)} does not answer ({redact_text(str(error))}); "
-                f"start it or set tracking.uri"
-            ) from None
-    try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as error:  # any store failure means jobs could not log
-        raise UserError(f"tracking store {redact(uri)} is not usable ({redact_text(str(error))})") from None
-
-
-def health_url(uri: str) -> str:
-    """The server's /health, which needs no login: urllib would take a user:password@ for part of the host."""
-    parts = urllib.parse.urlsplit(uri)
-    return urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", "")
-    )
 
 
 def preflight(grid: Grid, options: LaunchOptions) -> None:

@@ -7,7 +7,8 @@ fp16 with loss scaling; the CPU trains in fp32, where autocast would save no tim
 
 from __future__ import annotations
 
-BF16_MIN_CAPABILITY = (8, 0)
+from hpcsweep.hardware.gpus import gpu_of_rank, supports_bf16, visible_gpus
+from hpcsweep.ranks import local_rank
 
 
 def auto_precision(device_type: str, capability: tuple[int, int] | None) -> str:
@@ -15,22 +16,14 @@ def auto_precision(device_type: str, capability: tuple[int, int] | None) -> str:
     compute capability (CUDA only)."""
     if device_type != "cuda":
         return "32-true"
-    return "bf16-mixed" if capability and capability >= BF16_MIN_CAPABILITY else "16-mixed"
-
-
-def resolve_precision(requested: str, device_type: str, capability: tuple[int, int] | None) -> str:
-    return auto_precision(device_type, capability) if requested == "auto" else requested
+    return "bf16-mixed" if capability and supports_bf16(capability) else "16-mixed"
 
 
 def precision_for(accelerator: str, requested: str) -> str:
     """What `requested` means on the device this process will train on (its local rank's GPU)."""
-    import torch
-
-    from hpcsweep.ranks import local_rank
-
     if requested != "auto":
         return requested
-    on_cuda = accelerator != "cpu" and torch.cuda.is_available()
-    if not on_cuda:
+    gpus = visible_gpus() if accelerator != "cpu" else []
+    if not gpus:
         return auto_precision("cpu", None)
-    return auto_precision("cuda", torch.cuda.get_device_capability(local_rank() % torch.cuda.device_count()))
+    return auto_precision("cuda", gpu_of_rank(gpus, local_rank()).capability)

@@ -11,13 +11,17 @@ While a training logs through its spool, MLflow's URI is the server's with `spoo
 from __future__ import annotations
 
 import os
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
 
 from hpcsweep.config import Config
+from hpcsweep.errors import UserError
 from hpcsweep.params_file import DEFAULT_URI, sqlite_beside
+from hpcsweep.tracking.credentials import redact, redact_text
 
 SPOOL_PREFIX = "spool+"
 HTTP_SCHEMES = ("http", "https")
@@ -49,3 +53,28 @@ def absolute_uri(uri: str) -> str:
 
 def tracking_client(config: Config) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(absolute_uri(tracking_uri(config)))
+
+
+def check_tracking_server(uri: str) -> None:
+    """Fail with one line unless the store answers: a server its /health, a local store a search."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(health_url(uri), timeout=10):
+                return
+        except OSError as error:
+            raise UserError(
+                f"tracking server {redact(uri)} does not answer ({redact_text(str(error))}); "
+                f"start it or set tracking.uri"
+            ) from None
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # any store failure means jobs could not log
+        raise UserError(f"tracking store {redact(uri)} is not usable ({redact_text(str(error))})") from None
+
+
+def health_url(uri: str) -> str:
+    """The server's /health, which needs no login: urllib would take a user:password@ for part of the host."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", "")
+    )

@@ -31,53 +31,19 @@ from hpcsweep.telemetry import shell_defaults
 from hpcsweep.tracking.credentials import environment_for_jobs
 
 # sbatch long options a grid's slurm.extra may set; the ones rendered from the config
-# (nodes, ntasks-per-node, time, ...) are not among them, so they cannot contradict it
-EXTRA_OPTIONS = (
-    "account",
-    "begin",
-    "comment",
-    "constraint",
-    "cluster-constraint",
-    "clusters",
-    "contiguous",
-    "core-spec",
-    "cores-per-socket",
-    "dependency",
-    "exclude",
-    "exclusive",
-    "gpu-bind",
-    "gpu-freq",
-    "gres",
-    "gres-flags",
-    "hint",
-    "licenses",
-    "mail-type",
-    "mail-user",
-    "mem-bind",
-    "mem-per-cpu",
-    "mem-per-gpu",
-    "mincpus",
-    "network",
-    "nice",
-    "nodelist",
-    "power",
-    "prefer",
-    "priority",
-    "profile",
-    "propagate",
-    "reservation",
-    "sockets-per-node",
-    "switches",
-    "thread-spec",
-    "threads-per-core",
-    "tmp",
-    "uid",
-    "wckey",
+# (nodes, ntasks-per-node, time, ...) are not among them, so they cannot contradict it. No gpu-bind:
+# every task must see all GPUs of its node (see DEFAULT_TEMPLATE)
+EXTRA_OPTIONS = tuple(
+    """account begin comment constraint cluster-constraint clusters contiguous core-spec cores-per-socket
+    dependency exclude exclusive gpu-freq gres gres-flags hint licenses mail-type mail-user mem-bind
+    mem-per-cpu mem-per-gpu mincpus network nice nodelist power prefer priority profile propagate
+    reservation sockets-per-node switches thread-spec threads-per-core tmp uid wckey""".split()
 )
 
 # SIGUSR1 comes this long before the time limit: Lightning's checkpoint and requeue must fit in it
 REQUEUE_SIGNAL_LEAD_S = 90
 TIME_LIMIT = re.compile(r"(?:(\d+)-)?(\d+):(\d+):(\d+)")  # slurm.time, as config.py allows it
+GPU_GRES = re.compile(r"(?:^|,)(?:gpu|shard|mps)(?::|,|$)")  # gres=gpu:2, gpu:a100:2, shard:4, mps:50
 
 DEFAULT_TEMPLATE = """#!/bin/bash
 ${directives}
@@ -91,7 +57,10 @@ ${setup}
 # the first node of the allocation hosts the process group (sites whose node names do not
 # resolve set HPCSWEEP_MASTER_ADDR)
 export MASTER_ADDR="$${HPCSWEEP_MASTER_ADDR:-$$(scontrol show hostnames "$$SLURM_JOB_NODELIST" | head -n 1)}"
-srun --kill-on-bad-exit=1 ${command} "$$SLURM_ARRAY_TASK_ID"
+# since Slurm 22.05 srun no longer takes --cpus-per-task from sbatch: without it every rank gets one CPU.
+# No --gpus-per-task or --gpu-bind: each task sees every GPU of its node and Lightning picks
+# cuda:LOCAL_RANK; a task bound to one GPU would find no cuda:1..N-1.
+srun --kill-on-bad-exit=1 --cpus-per-task="$$SLURM_CPUS_PER_TASK" ${command} "$$SLURM_ARRAY_TASK_ID"
 """
 
 
@@ -164,6 +133,30 @@ def check_time_limit(point: Point) -> None:
             f"{max(limit - REQUEUE_SIGNAL_LEAD_S, 0)} s of training before SIGUSR1, which SLURM sends "
             f"{REQUEUE_SIGNAL_LEAD_S} s before the limit to checkpoint and requeue; use at least "
             f"{shortest // 3600:02d}:{shortest // 60 % 60:02d}:{shortest % 60:02d}"
+        )
+
+
+def gpu_requests(extra: Mapping[str, str | int]) -> list[str]:
+    """The slurm.extra options that ask SLURM for GPUs or a share of one."""
+    return [
+        f"{option}={value}"
+        for option, value in extra.items()
+        if "gpu" in option or (option == "gres" and GPU_GRES.search(str(value).lower()))
+    ]
+
+
+def check_accelerator(point: Point) -> None:
+    """Refuse what would train on the wrong device: SLURM gives a job GPUs only when asked, and
+    hpcsweep asks (--gpus-per-node=devices) only for `accelerator: gpu`."""
+    name, accelerator = f"point {point.index} ({point.label})", point.config.train.accelerator
+    use = "set accelerator: gpu (hpcsweep then asks for --gpus-per-node=devices)"
+    if accelerator == "auto":
+        raise UserError(f"{name}: accelerator=auto would get no GPU from SLURM; {use} or accelerator: cpu")
+    requests = gpu_requests(point.config.slurm.extra)
+    if accelerator == "cpu" and requests:
+        raise UserError(
+            f"{name}: accelerator=cpu, but slurm.extra {requests[0]} asks SLURM for GPUs the training "
+            f"would leave idle; {use} or drop {requests[0].partition('=')[0]} from slurm.extra"
         )
 
 
@@ -292,6 +285,7 @@ class SlurmExecutor(Executor):
     def check_points(self, points: list[Point]) -> None:
         for point in points:
             check_time_limit(point)
+            check_accelerator(point)
 
     def prepare(self, batch: Batch) -> None:
         (batch.folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
