@@ -26,6 +26,7 @@ from hpcsweep.report import plots as report_plots
 from hpcsweep.report.analysis import configuration_table, configurations, pareto_front, scaling_frame
 from hpcsweep.report.build import REPORT_MARKER, analyse, build_report, check_out_dir, write_files
 from hpcsweep.report.records import IDENTITY, RunRecord, normalised
+from hpcsweep.report.render import display_rows
 from hpcsweep.tracking.credentials import redact
 
 TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
@@ -170,6 +171,7 @@ def test_every_file_is_written_and_the_page_embeds_the_table_and_loadable_images
     assert len(images) == 3 and all(base64.b64decode(image).startswith(PNG) for image in images)
     assert all((built / name).read_bytes().startswith(PNG) for name in FILES if name.endswith(".png"))
     assert page.count("Not drawn:") == 2 and "batch_size does not vary" in page  # nor do the GPUs
+    assert "train/mfu" not in (built / "table.md").read_text()  # CPU runs have no MFU: no empty column
     curves = pd.read_csv(built / "curves.csv")
     assert list(curves.columns) == ["configuration", "epoch", "wall_time_s", "val_acc", "train_loss"]
     assert len(curves) == 2 * 2  # two finished configurations x two epochs
@@ -276,6 +278,31 @@ def test_an_experiment_whose_runs_all_failed_still_gets_a_report_that_recommends
     assert (out / "index.html").read_text().count("Not drawn:") == 5
 
 
+@pytest.mark.slow
+def test_mfu_logged_by_the_runs_is_averaged_per_configuration_into_the_table(tracking_server, tmp_path):
+    """Runs logged straight into MLflow, as a GPU training logs them: MFU per epoch, or none (the CPU)."""
+    client = mlflow.MlflowClient(tracking_server)
+    experiment = f"mfu{os.getpid()}"
+    experiment_id = client.create_experiment(experiment)
+    mfu = {("sgd", 0): [0.2, 0.4], ("sgd", 1): [0.5, 0.5], ("adam", 0): None}
+    for (optimizer, seed), series in mfu.items():
+        run_id = client.create_run(experiment_id, tags={"config_hash": f"{optimizer}{seed}"}).info.run_id
+        for key, value in {"optimizer": optimizer, "seed": seed, "devices": 1, "num_nodes": 1}.items():
+            client.log_param(run_id, key, value)
+        for epoch in range(2):
+            for name, value in {"val/acc": 0.5, "epoch_time_s": 10.0, "train/mfu": series and series[epoch]}.items():
+                if value is not None:
+                    client.log_metric(run_id, name, value, step=epoch)
+        client.log_metric(run_id, "total_time_s", 20.0)
+        client.set_terminated(run_id, "FINISHED")
+    out = build_report(client, tmp_path / "report", experiment=experiment)
+    table = pd.read_csv(out / "table.csv").set_index("optimizer")
+    assert table.loc["sgd", "train/mfu"] == pytest.approx(statistics.fmean([0.3, 0.5]))  # seeds' run means
+    assert math.isnan(table.loc["adam", "train/mfu"])
+    markdown = (out / "table.md").read_text()
+    assert "| train/mfu |" in markdown and "| 40.0% |" in markdown and "| – |" in markdown
+
+
 # --- the pure parts on hand-made runs ---------------------------------------------------------------
 
 
@@ -335,6 +362,16 @@ def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged(
     assert sgd["val/acc"] == pytest.approx(0.7) and sgd["val/acc_std"] == pytest.approx(statistics.stdev([0.6, 0.8]))
     assert sgd["time_to_target_s"] == pytest.approx(statistics.fmean([20.0, 20.0])) and sgd["n_reached_target"] == 2
     assert table.loc["adam", "n_reached_target"] == 0 and math.isnan(table.loc["adam", "val/acc_std"])  # one seed
+
+
+def test_the_mfu_column_is_shown_only_when_a_configuration_has_mfu():
+    measured, unmeasured = record("a", optimizer="sgd"), record("b", optimizer="adam")
+    measured.history["train/mfu"] = [0.25, 0.35]
+    both = analyse([measured, unmeasured], "hand-made", "test", None)
+    cells = {row["optimizer"][0]: row["train/mfu"][0] for row in display_rows(both.table, both.varying)}
+    assert cells == {"sgd": "30.0%", "adam": "–"}
+    neither = analyse([unmeasured, record("c", optimizer="lamb")], "hand-made", "test", None)
+    assert all("train/mfu" not in row for row in display_rows(neither.table, neither.varying))
 
 
 def test_scaling_compares_each_gpu_count_with_the_one_gpu_run_of_the_same_other_params():

@@ -83,6 +83,8 @@ def configuration_row(configuration: Configuration, target: float | None) -> dic
         "n_reached_target": len(reached),
         "total_time_s": mean_or_nan(run.metrics.get("total_time_s") for run in done),
         "train/images_per_s": mean_or_nan(mean_or_nan(run.history.get("train/images_per_s", [])) for run in done),
+        # over the whole run, as images/s; NaN where no run knew its GPU's peak (the CPU, an unlisted GPU)
+        "train/mfu": mean_or_nan(mean_or_nan(run.history.get("train/mfu", [])) for run in done),
         "gpu_hours": mean_or_nan(run.gpus * run.metrics.get("total_time_s", math.nan) / 3600 for run in done),
         # seeds should agree; if an out-of-memory retry made one differ, show the plan a rerun must expect
         "micro_batch_size_used": min(micro) if micro else math.nan,

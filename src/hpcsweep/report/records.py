@@ -24,7 +24,7 @@ from hpcsweep.tracking.credentials import redact
 # early lacks; grouping on them would split a failed seed from its finished siblings.
 CONFIG_KEYS = [field.name for field in dataclasses.fields(TrainConfig)] + ["loader"]
 IDENTITY = [key for key in CONFIG_KEYS if key != "seed"]
-HISTORIES = ("val/acc", "epoch_time_s", "train/loss", "train/images_per_s")
+HISTORIES = ("val/acc", "epoch_time_s", "train/loss", "train/images_per_s", "train/mfu")
 FINISHED = "FINISHED"
 ACCURACY = "val/acc"
 

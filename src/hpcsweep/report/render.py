@@ -27,7 +27,8 @@ def shown_params(varying: list[str]) -> list[str]:
 
 
 def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tuple[str, object]]]:
-    """The table as people read it: (text, sort value) per column, mean ± std in one cell."""
+    """The table as people read it: (text, sort value) per column, mean ± std in one cell; MFU only
+    when some configuration has it, since a study on CPUs or unlisted GPUs has none."""
 
     def spread(row, name):
         std = row[f"{name}_std"]
@@ -55,6 +56,11 @@ def display_rows(table: pd.DataFrame, varying: list[str]) -> list[dict[str, tupl
         "time_to_target_s": target,
         "total_time_s": lambda row: (number(row["total_time_s"], ".1f"), row["total_time_s"]),
         "train/images_per_s": lambda row: (number(row["train/images_per_s"], ".0f"), row["train/images_per_s"]),
+        **(
+            {"train/mfu": lambda row: (number(row["train/mfu"], ".1%"), row["train/mfu"])}
+            if table["train/mfu"].notna().any()
+            else {}
+        ),
         "gpu_hours": lambda row: (number(row["gpu_hours"], ".3g"), row["gpu_hours"]),
         "micro_batch_size": micro,
         "accumulate_grad_batches": lambda row: (
