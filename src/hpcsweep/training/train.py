@@ -27,6 +27,7 @@ from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
+from hpcsweep.hardware.gpus import check_training_hardware
 from hpcsweep.hardware.precision import precision_for
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
@@ -112,6 +113,9 @@ def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callb
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=False,
+        # cuDNN times its kernels for each new input shape once and keeps the fastest; elsewhere,
+        # Lightning's default (torch's own setting)
+        benchmark=True if train.accelerator != "cpu" and torch_cuda_available() else None,
     )
 
 
@@ -150,6 +154,7 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     world_size = config.train.devices * config.train.num_nodes
     per_rank = per_rank_batch_size(config.train.batch_size, world_size)
     check_enough_data(config, check_prepared(Path(config.data.prepared_dir)))  # before any run exists
+    check_training_hardware(config.train)  # a GPU this torch build cannot run fails here, not minutes in
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     folder = run_folder_for(config, run_id)
     resume = first_loadable(folder.resume_candidates())
@@ -178,7 +183,7 @@ def check_requeue_budget(config: Config, run: TrackedRun) -> None:
 def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
     """Fit `train` (the config's train section, its precision resolved) inside the open run; tell
     the run the status the fit ended in and its final figures."""
-    efficiency = EfficiencyMetrics(train.target_accuracy)
+    efficiency = EfficiencyMetrics(train.target_accuracy, train.model)
     trainer = build_trainer(train, run.folder, [efficiency, DataCoverage()])
     datamodule = CIFAR10DataModule(
         config.data.prepared_dir,
@@ -188,6 +193,10 @@ def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None
         limit_train_samples=train.limit_train_samples,
     )
     module = ResNetModule.from_config(train)
+    if train.compile:
+        # in place: unlike torch.compile(model), nn.Module.compile keeps the state_dict keys, so a
+        # checkpoint loads into a model whether or not either was compiled
+        module.model.compile()
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
