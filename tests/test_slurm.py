@@ -10,53 +10,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers.runs import TINY, environment, grid_command, history, hpcsweep, point_runs, write_grid
+from helpers.cluster import children, environment_with_slurm, launch_on_cluster, settled, wait_until
+from helpers.runs import TINY, history, hpcsweep, point_runs, write_grid
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-RESOURCES = {"cpus_per_task": 1, "mem": "1G", "time": "00:20:00", "partition": "debug", "max_parallel": 8}
-
-
-def environment_with_slurm(uri: str) -> dict[str, str]:
-    keep = ("SLURM_CONF", "HPCSWEEP_SLURM_JOBCOMP", "HPCSWEEP_SLURM_DIR", "HPCSWEEP_MASTER_ADDR")
-    return {**environment(uri), **{key: os.environ[key] for key in keep if key in os.environ}}
-
-
-def launch_on_cluster(grid: Path, project: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        grid_command(grid, "--executor", "slurm"),
-        cwd=project,
-        env=environment_with_slurm(uri),
-        capture_output=True,
-        text=True,
-    )
-
-
-def children(uri: str, name: str) -> list:
-    return [r for r in point_runs(uri, name) if r.data.tags["hpcsweep.role"] == "point"]
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
-def settled(uri: str, name: str, count: int) -> bool:
-    """All `count` runs exist and none of their jobs is left in the queue.
-
-    The queue, not the runs, is the signal: a run ends a moment before its job does (the job still
-    tears down), and a job that died before training never ends its run at all.
-    """
-    runs = children(uri, name)
-    jobs = sorted({r.data.tags["slurm_job_id"] for r in runs if "slurm_job_id" in r.data.tags})
-    if len(runs) < count or not jobs:
-        return False
-    queue = subprocess.run(
-        ["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True, env=environment_with_slurm(uri)
-    )
-    return not queue.stdout.strip()
+# mem is per node and enforced (up.sh's task/cgroup): two DDP ranks on one node need more than 1G
+RESOURCES = {"cpus_per_task": 1, "mem": "2G", "time": "00:20:00", "partition": "debug", "max_parallel": 8}
 
 
 @pytest.fixture

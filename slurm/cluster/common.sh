@@ -16,6 +16,7 @@ esac
 SLURM_DIR="${SLURM_DIR%/}"
 
 CONF_FILE="$SLURM_DIR/slurm.conf"
+CGROUP_CONF_FILE="$SLURM_DIR/cgroup.conf" # task/cgroup reads it next to slurm.conf
 JOBCOMP_FILE="$SLURM_DIR/jobcomp.txt"
 STATE_DIR="$SLURM_DIR/state"
 SPOOL_DIR="$SLURM_DIR/spool"

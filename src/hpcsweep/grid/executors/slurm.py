@@ -44,6 +44,9 @@ EXTRA_OPTIONS = tuple(
 REQUEUE_SIGNAL_LEAD_S = 90
 TIME_LIMIT = re.compile(r"(?:(\d+)-)?(\d+):(\d+):(\d+)")  # slurm.time, as config.py allows it
 GPU_GRES = re.compile(r"(?:^|,)(?:gpu|shard|mps)(?::|,|$)")  # gres=gpu:2, gpu:a100:2, shard:4, mps:50
+# Slurm's out-of-memory "signal" (SIG_OOM, 253) as an exit code shows it: 0:125
+OUT_OF_MEMORY_SIGNAL = "125"
+SACCT_FIELDS = "JobID,State,DerivedExitCode"
 
 DEFAULT_TEMPLATE = """#!/bin/bash
 ${directives}
@@ -203,6 +206,23 @@ def submit_array(script: Path, environment: Mapping[str, str]) -> str:
     return sbatch(script, "--parsable", environment=environment).strip().split(";")[0]
 
 
+def slurm_output(*command: str) -> str:
+    """What a SLURM query prints; nothing where it fails or SLURM is not installed (a workstation that
+    sees the jobcomp log), so status shows what the other sources know."""
+    if shutil.which(command[0]) is None:
+        return ""
+    done = subprocess.run(command, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def end_state(state: str, derived_exit_code: str) -> str:
+    """The job's state, OUT_OF_MEMORY where a step was killed for memory: a task whose srun step the
+    kernel killed ends FAILED (its batch script fails after srun), and only DerivedExitCode, the
+    highest exit code of its steps, says why."""
+    killed_for_memory = derived_exit_code.partition(":")[2] == OUT_OF_MEMORY_SIGNAL
+    return "OUT_OF_MEMORY" if state == "FAILED" and killed_for_memory else state
+
+
 def parse_squeue(text: str) -> dict[str, str]:
     """`squeue -h -r -o %i|%T` lines to {"1234_5": "RUNNING"}."""
     states = {}
@@ -217,10 +237,7 @@ def queued_states(job_ids: list[str]) -> dict[str, str]:
     """States of the jobs still in the queue (pending, running, requeued, ...)."""
     if not job_ids:
         return {}
-    done = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)], capture_output=True, text=True
-    )
-    return parse_squeue(done.stdout) if done.returncode == 0 else {}
+    return parse_squeue(slurm_output("squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)))
 
 
 JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
@@ -236,32 +253,32 @@ def parse_jobcomp(text: str) -> dict[str, str]:
             continue
         array_job, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
         key = f"{array_job}_{task}" if array_job and task and task not in ("4294967294", "") else fields.get("JobId")
-        states[key] = fields["JobState"]
+        states[key] = end_state(fields["JobState"], fields.get("DerivedExitCode", ""))
+    return states
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """`sacct -n -P -X -o JobID,State,DerivedExitCode` lines to {"1234_5": "TIMEOUT"}; "CANCELLED by 123"
+    is CANCELLED."""
+    states = {}
+    for line in text.splitlines():
+        job, _, rest = line.partition("|")
+        state, _, derived_exit_code = rest.partition("|")
+        if job and state:
+            states[job] = end_state(state.split()[0], derived_exit_code)
     return states
 
 
 def finished_states(job_ids: list[str]) -> dict[str, str]:
     """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them."""
     states = {}
-    for job in job_ids:
-        done = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
-        if done.returncode == 0:
-            states.update(parse_jobcomp(done.stdout))  # the same KEY=VALUE records
+    for job in job_ids:  # the same KEY=VALUE records; -d adds DerivedExitCode
+        states.update(parse_jobcomp(slurm_output("scontrol", "-o", "-d", "show", "job", job)))
     jobcomp = os.environ.get("HPCSWEEP_SLURM_JOBCOMP")
     if jobcomp and Path(jobcomp).is_file():
         states.update(parse_jobcomp(Path(jobcomp).read_text()))
-    if job_ids and shutil.which("sacct"):
-        done = subprocess.run(
-            ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True
-        )
-        if done.returncode == 0:
-            states.update(
-                {
-                    job: state.split()[0]
-                    for job, _, state in (line.partition("|") for line in done.stdout.splitlines())
-                    if job
-                }
-            )
+    if job_ids:
+        states.update(parse_sacct(slurm_output("sacct", "-n", "-P", "-X", "-o", SACCT_FIELDS, "-j", ",".join(job_ids))))
     return states
 
 
