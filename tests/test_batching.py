@@ -1,21 +1,28 @@
-"""Large batches without out-of-memory: accumulation is exact, `auto` fits the budget, OOM is survived."""
+"""Large batches without out-of-memory: accumulation is exact, `auto` fits the budget, OOM is
+survived, under DDP by all ranks together."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
 import torch
 from torch import nn
 
+from helpers.ddp_training import MEMORY_LIMITS, OOM_AT, ddp_training_command
+from helpers.gloo import gradients_by_ddp_and_by_exchange, run_on_ranks
+from helpers.lightning_fit import fit, learnable_batch, module_for
 from helpers.runs import QUICK, environment, overrides, runs_of
 from helpers.synthetic import write_archive
 from hpcsweep.config import load_config
 from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
 from hpcsweep.training.batch_plan import plan_batches
+from hpcsweep.training.mixed_precision import precision_plugin
 from hpcsweep.training.module import ResNetModule, share_of_batch_loss
 from hpcsweep.training.probe import candidates, probe_micro_batch
 from hpcsweep.training.train import train
@@ -131,31 +138,20 @@ def test_auto_under_a_memory_limit_accumulates_to_the_effective_batch(prepared_6
 
 
 @pytest.mark.slow
-def test_ddp_ranks_probe_and_agree_on_one_micro_batch(prepared_600, tracking_server):
-    args = [
-        "train",
-        *overrides(
-            *QUICK,
-            "batch_size=512",
-            "base_batch_size=512",
-            "strategy=ddp",
-            "devices=2",
-            "memory_limit_mb=200",
-            "tracking.experiment=auto-ddp",
-        ),
-    ]
-    done = subprocess.run(
-        [sys.executable, "-m", "hpcsweep", *args],
-        cwd=prepared_600,
-        env=environment(tracking_server),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_ddp_ranks_probe_and_agree_on_the_smallest_micro_batch(prepared_600, tracking_server, tmp_path):
+    """Ranks with different memory (injected: ranks of one machine share it) probe different
+    micro-batches; both must train with the smallest, or the smaller rank runs out of memory."""
+    settings = [*QUICK, "batch_size=512", "base_batch_size=512", "tracking.experiment=auto-ddp"]
+    # 180 and 225 MB budgets: a step of 128 needs about 190 MB, one of 64 about 100 MB
+    ranks = train_on_two_ranks(prepared_600, tracking_server, tmp_path / "out", *settings, **{MEMORY_LIMITS: "250,200"})
+    for result in ranks:
+        assert result["status"] == "FINISHED"
+        assert (result["probe_min_micro_batch_size"], result["probe_max_micro_batch_size"]) == (64, 128)
+        assert result["micro_batch_size"] == 64 and result["accumulate_grad_batches"] == 4
     [run] = runs_of(tracking_server, "auto-ddp")
     metrics = run.data.metrics
-    assert metrics["probe_min_micro_batch_size"] == metrics["probe_max_micro_batch_size"] == metrics["micro_batch_size"]
-    assert metrics["micro_batch_size"] < 256  # the per-rank batch did not fit in 200 MB
+    assert metrics["probe_min_micro_batch_size"] == metrics["micro_batch_size"] == 64
+    assert metrics["probe_max_micro_batch_size"] == 128
     assert metrics["micro_batch_size"] * metrics["accumulate_grad_batches"] == 256
     assert metrics["effective_batch_size"] == 512
 
@@ -167,11 +163,11 @@ def test_an_out_of_memory_mid_epoch_halves_the_micro_batch_and_reruns_the_same_s
     real_backward = ResNetModule.backward_micro_batch
     calls = {"count": 0}
 
-    def fail_in_the_middle_of_the_third_step(self, images, labels, last):
+    def fail_in_the_middle_of_the_third_step(self, images, labels):
         calls["count"] += 1
         if calls["count"] == 8:  # 3 micro-batches of 20 per step: the 2nd of step 3
             raise torch.OutOfMemoryError("injected by the test")
-        return real_backward(self, images, labels, last)
+        return real_backward(self, images, labels)
 
     monkeypatch.setattr(ResNetModule, "backward_micro_batch", fail_in_the_middle_of_the_third_step)
     project = prepared.parent.parent
@@ -186,6 +182,118 @@ def test_an_out_of_memory_mid_epoch_halves_the_micro_batch_and_reruns_the_same_s
     client = mlflow.MlflowClient()
     steps = [m.value for m in client.get_metric_history(result.run_id, "micro_batch_size")]
     assert steps == [10.0, 10.0]  # the epoch ended with the halved micro-batch
+
+
+def test_a_rerun_step_is_exactly_the_step_the_smaller_micro_batch_takes(project, monkeypatch):
+    """Out of memory after the last micro-batch's backward (its gradients already accumulated):
+    the step rerun at micro-batch 4 leaves weights, BatchNorm statistics and counters exactly as a
+    step run at 4 from the start does, so nothing of the failed attempt leaks into training."""
+    images, labels = learnable_batch(16)
+    settings = ("batch_size=16", "base_batch_size=16", "precision=32-true", "scheduler=constant")
+    clean = module_for(project, *settings, "micro_batch_size=4")
+    fit(clean, images, labels, steps=1, plugin=precision_plugin("32-true", "cpu"))
+
+    real_backward = ResNetModule.backward_micro_batch
+    calls = {"count": 0}
+
+    def run_out_after_the_second_backward(self, images, labels):  # injected: a CPU cannot run out
+        loss = real_backward(self, images, labels)
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise torch.OutOfMemoryError("injected by the test")
+        return loss
+
+    monkeypatch.setattr(ResNetModule, "backward_micro_batch", run_out_after_the_second_backward)
+    rerun = module_for(project, *settings, "micro_batch_size=8")
+    fit(rerun, images, labels, steps=1, plugin=precision_plugin("32-true", "cpu"))
+    assert rerun.oom_retries == 1 and rerun.micro_batch_size == 4 and calls["count"] == 2 + 4
+    expected = clean.state_dict()
+    for name, value in rerun.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_out_of_memory_in_validation_halves_only_this_ranks_validation_micro_batch(project, monkeypatch):
+    """Validation runs no collective between micro-batches, so a rank may halve its own; the
+    training micro-batch, which all ranks share, stays as it was."""
+    real_forward = ResNetModule.forward
+    calls = {"validation": 0}
+
+    def run_out_in_the_first_validation_forward(self, images):  # injected: a CPU cannot run out
+        if not self.training:
+            calls["validation"] += 1
+            if calls["validation"] == 1:
+                raise torch.OutOfMemoryError("injected by the test")
+        return real_forward(self, images)
+
+    monkeypatch.setattr(ResNetModule, "forward", run_out_in_the_first_validation_forward)
+    images, labels = learnable_batch(16)
+    module = module_for(project, "batch_size=16", "base_batch_size=16", "precision=32-true", "micro_batch_size=8")
+    trainer = fit(module, images, labels, steps=1, plugin=precision_plugin("32-true", "cpu"), validate=True)
+    assert module.val_micro_batch_size == 4 and module.micro_batch_size == 8 and module.oom_retries == 1
+    assert calls["validation"] == 1 + 4 and "val/acc" in trainer.callback_metrics
+
+
+@pytest.mark.slow  # starts two processes
+def test_the_exchange_gives_the_gradients_ddp_s_own_sync_gives(tmp_path):
+    """Two gloo ranks, each with its own data: all micro-batches unsynchronised plus one exchange
+    equal DDP syncing in the last backward; a rank that ran out of memory is seen by both."""
+    rank0, rank1 = run_on_ranks(gradients_by_ddp_and_by_exchange, tmp_path)
+    for rank in (rank0, rank1):
+        assert rank["ranks_out"] == 0 and rank["ranks_out_when_rank_1_ran_out"] == 1
+        for by_ddp, by_exchange in zip(rank["by_ddp"], rank["by_exchange"]):
+            torch.testing.assert_close(by_exchange, by_ddp, rtol=1e-5, atol=1e-7)
+        # an exchange that a rank ran out in changes nobody's gradients: they are dropped anyway
+        for kept, after in zip(rank["by_exchange"], rank["gradients_after_a_rank_ran_out"]):
+            assert torch.equal(kept, after)
+    for before0, before1, after0, after1 in zip(
+        rank0["buffers_before"], rank1["buffers_before"], rank0["buffers_after"], rank1["buffers_after"]
+    ):
+        torch.testing.assert_close(after0, (before0 + before1) / 2)
+        assert torch.equal(after0, after1)
+    assert any(not torch.equal(a, b) for a, b in zip(rank0["buffers_before"], rank1["buffers_before"]))
+
+
+def train_on_two_ranks(project, uri: str, out, *assignments: str, **faults: str) -> list[dict]:
+    """tests/helpers/ddp_training.py on 2 gloo ranks in `project`; each rank's outcome, by rank."""
+    out.mkdir()
+    done = subprocess.run(
+        ddp_training_command(out, [*assignments, "strategy=ddp", "devices=2", "accelerator=cpu"]),
+        cwd=project,
+        env=environment(uri, **faults),
+        capture_output=True,
+        text=True,
+        timeout=600,  # ranks that disagree wait for each other forever
+    )
+    deadline = time.monotonic() + 120  # rank 1 may still be writing when rank 0 has exited
+    while len(list(out.glob("rank*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(list(out.glob("rank*.json"))) == 2, done.stderr[-4000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_rerun_a_step_that_one_rank_ran_out_of_memory_in(prepared, tmp_path):
+    """Rank 1 alone runs out of memory, after the backward of the last micro-batch of step 2:
+    the one DDP used to synchronise in, which left the other rank waiting mid-reduction."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = [*QUICK, "max_epochs=2", "micro_batch_size=10", f"tracking.checkpoint_dir={tmp_path / 'ckpt'}"]
+    ranks = train_on_two_ranks(prepared.parent.parent, uri, tmp_path / "out", *settings, **{OOM_AT: "1|6"})
+    for result in ranks:
+        assert result["status"] == "FINISHED" and result["oom_retries"] == 1
+        assert result["micro_batch_size"] == 5 and result["accumulate_grad_batches"] == 6  # 30 a rank, halved
+        assert result["effective_batch_size"] == 60 and result["steps"] == 10  # 2 epochs of 300 / 60: none lost
+    states = [torch.load(tmp_path / "out" / f"rank{rank}.pt") for rank in (0, 1)]
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name
+
+
+@pytest.mark.slow
+def test_out_of_memory_at_micro_batch_one_on_one_rank_stops_every_rank_with_the_same_error(prepared, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = [*QUICK, "micro_batch_size=1", f"tracking.checkpoint_dir={tmp_path / 'ckpt'}"]
+    rank0, rank1 = train_on_two_ranks(prepared.parent.parent, uri, tmp_path / "out", *settings, **{OOM_AT: "1|1"})
+    assert rank0 == rank1
+    assert rank0["error"].startswith("out of memory at micro_batch_size=1 on 1 of 2 rank(s);")
 
 
 @pytest.mark.parametrize(

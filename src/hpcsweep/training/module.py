@@ -4,12 +4,30 @@ Each training step receives this rank's whole share of the effective batch (batc
 world_size) and runs it as micro-batches whose gradients accumulate before the single optimizer
 step, so the effective batch never depends on how much memory the device has:
 - `micro_batch_size: auto` is chosen in `setup` by probing the real step on this rank's device;
-  all DDP ranks then take the smallest choice, so they step in lockstep;
+  all DDP ranks then take the smallest choice, so every rank runs the same micro-batches;
 - if a step still runs out of memory (fragmentation, a larger eval batch), its gradients are
-  dropped, the micro-batch halved and the same step run again: same data, same effective batch,
-  same run, one more `oom_retries`.
-Optimization is manual for that reason; gradients are synchronised across ranks only on the
-last micro-batch of a step.
+  dropped, the BatchNorm statistics its forwards moved put back, the micro-batch halved and the
+  same step run again: same data, same effective batch, same run, one more `oom_retries`; the
+  rerun step is exactly the step the smaller micro-batch would have taken.
+Optimization is manual for that reason.
+
+Under DDP the ranks agree on a retry in the same step. Every micro-batch runs with DDP's own
+gradient sync blocked, so no collective runs inside a backward and an out-of-memory error cannot
+leave the other ranks waiting mid-reduction; each rank catches its own. Then one all_reduce per
+step (`RankExchange`) sums every rank's gradients, BatchNorm running statistics and a "this rank
+ran out of memory" flag. If no rank ran out, the sums divided by the world size are the averaged
+gradients DDP's sync would have given (and the ranks' mean statistics, where DDP copies rank
+0's), and every rank takes the same optimizer step. If any rank ran out, every rank sees the same
+count, so all of them rerun the step with the halved micro-batch; halving is a function of the
+size all ranks share (agreed in `setup`, changed only here), so they stay equal without a second
+collective, and at size 1 every rank raises the same UserError. One process needs no collective.
+benchmarks/oom_agreement.py measures what the exchange costs against DDP's sync, which overlaps
+with the backward.
+
+Validation runs no collective between its micro-batches (its metrics are reduced at the end of
+the epoch, which every rank reaches whatever its micro-batches were), so an out-of-memory error
+there halves this rank's own validation micro-batch and nothing else: the training micro-batch
+the ranks agreed on is untouched.
 
 The optimizer is built with the configured (unscaled) `lr` as its default and the scaled LR on
 each parameter group, so that MLflow's autologging, which logs the optimizer's defaults as
@@ -32,7 +50,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.models import build_model
 from hpcsweep.training.batch_plan import divisors
 from hpcsweep.training.optimizers import build_optimizer, parameter_groups, scaled_lr
-from hpcsweep.training.probe import Probe, probe_micro_batch
+from hpcsweep.training.probe import Probe, probe_micro_batch, release_cached_memory
 from hpcsweep.training.schedules import build_scheduler
 
 NUM_CLASSES = 10
@@ -44,6 +62,56 @@ def share_of_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: to
     return F.cross_entropy(model(images), labels, reduction="sum") / batch
 
 
+def in_micro_batches(images: torch.Tensor, labels: torch.Tensor, size: int, run: Callable) -> list:
+    """`run(images, labels)` over consecutive micro-batches of `size`."""
+    return [run(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
+
+
+class RankExchange:
+    """The one collective of a DDP training step: every rank's gradients, float buffers (BatchNorm
+    running statistics) and out-of-memory flag, summed by one all_reduce of one flat tensor.
+
+    The flat tensor is allocated once, before training, like DDP's own buckets, so a rank that has
+    just run out of memory can still take part without allocating anything.
+    """
+
+    def __init__(self, model: torch.nn.Module, world_size: int) -> None:
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.world_size = world_size
+        sizes = [t.numel() for t in (*self.parameters, *self.buffers)]
+        first = self.parameters[0]
+        self.flat = torch.empty(sum(sizes) + 1, dtype=first.dtype, device=first.device)
+        self.slots = self.flat[:-1].split(sizes)  # views: one per parameter, then one per buffer
+
+    def ranks_out_of_memory(self, ran_out: bool) -> int:
+        """How many ranks ran out of memory in this step; when none did, every parameter's
+        gradient and every buffer is now its mean over the ranks."""
+        if not ran_out:
+            self.pack()
+        self.flat[-1] = float(ran_out)
+        torch.distributed.all_reduce(self.flat)
+        ranks_out = round(self.flat[-1].item())
+        if not ranks_out:
+            self.flat.div_(self.world_size)
+            self.unpack()
+        return ranks_out
+
+    def pack(self) -> None:
+        for parameter, slot in zip(self.parameters, self.slots):
+            if parameter.grad is None:  # not used by this rank's forward: contributes nothing
+                slot.zero_()
+            else:
+                slot.view(parameter.shape).copy_(parameter.grad)
+        for buffer, slot in zip(self.buffers, self.slots[len(self.parameters) :]):
+            slot.view(buffer.shape).copy_(buffer)
+
+    def unpack(self) -> None:
+        for tensor, slot in zip((*(p.grad for p in self.parameters), *self.buffers), self.slots):
+            if tensor is not None:
+                tensor.copy_(slot.view(tensor.shape))
+
+
 class ResNetModule(L.LightningModule):
     def __init__(self, train: dict) -> None:
         super().__init__()
@@ -52,8 +120,10 @@ class ResNetModule(L.LightningModule):
         self.config = TrainConfig(**train)
         self.model = build_model(self.config.model, NUM_CLASSES).to(memory_format=torch.channels_last)
         self.val_accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
-        self.micro_batch_size: int | None = None
+        self.micro_batch_size: int | None = None  # the same on every rank
+        self.val_micro_batch_size: int | None = None  # this rank's own, once its validation ran out of memory
         self.oom_retries = 0
+        self.exchange: RankExchange | None = None
         self.probe: Probe | None = None
         self.probe_spread: tuple[int, int] | None = None
 
@@ -89,6 +159,10 @@ class ResNetModule(L.LightningModule):
         self.micro_batch_size = int(choices.min())
         self.probe_spread = (int(choices.min()), int(choices.max()))  # differs when ranks' devices differ
 
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            self.exchange = RankExchange(self.model, self.trainer.world_size)
+
     def fresh_model_and_optimizer(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         device = self.trainer.strategy.root_device
         model = build_model(self.config.model, NUM_CLASSES).to(device, memory_format=torch.channels_last)
@@ -114,7 +188,7 @@ class ResNetModule(L.LightningModule):
     def training_step(self, batch, batch_index: int) -> None:
         optimizer = self.optimizers()
         images, labels = batch
-        losses = self.in_micro_batches(images, labels, self.backward_micro_batch, on_retry=optimizer.zero_grad)
+        losses = self.agreed_micro_batches(images, labels, optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
@@ -124,20 +198,63 @@ class ResNetModule(L.LightningModule):
         for name in ("accumulate_grad_batches", "oom_retries"):
             self.log(name, float(getattr(self, name)), on_step=False, on_epoch=True, reduce_fx="max")
 
-    def backward_micro_batch(self, images: torch.Tensor, labels: torch.Tensor, last: bool) -> torch.Tensor:
-        """Forward and backward one micro-batch; its loss is scaled so the step averages the whole batch."""
+    def agreed_micro_batches(self, images, labels, optimizer) -> list[torch.Tensor]:
+        """The step's gradients over all ranks, its micro-batches halved and rerun (on every rank
+        at once) until no rank runs out of memory; returns this rank's micro-batch losses.
+
+        A rerun starts from the state the step started from: gradients dropped, and the BatchNorm
+        running statistics the failed attempt's forwards had moved put back (a small copy)."""
+        buffers_before = [buffer.clone() for buffer in self.model.buffers()]
+        while True:
+            losses = self.backward_all_micro_batches(images, labels)
+            if losses is None:  # outside the `except`: the failed step's tensors are free by now
+                release_cached_memory(self.device)
+            ranks_out = self.ranks_out_of_memory(ran_out=losses is None)
+            if not ranks_out:
+                return losses
+            optimizer.zero_grad(set_to_none=True)
+            for buffer, before in zip(self.model.buffers(), buffers_before):
+                buffer.copy_(before)
+            world = self.trainer.world_size
+            self.micro_batch_size = self.halved(self.micro_batch_size, f"on {ranks_out} of {world} rank(s)")
+            self.oom_retries += 1
+
+    def backward_all_micro_batches(self, images, labels) -> list[torch.Tensor] | None:
+        """This rank's micro-batches, DDP's gradient sync blocked; None if it ran out of memory."""
         blocked = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
-        with contextlib.nullcontext() if last else blocked():
-            loss = share_of_batch_loss(self, images, labels, self.per_rank_batch_size)
-            self.manual_backward(loss)
+        try:
+            with blocked():
+                return in_micro_batches(images, labels, self.micro_batch_size, self.backward_micro_batch)
+        except torch.OutOfMemoryError:
+            return None
+
+    def ranks_out_of_memory(self, ran_out: bool) -> int:
+        return self.exchange.ranks_out_of_memory(ran_out) if self.exchange else int(ran_out)
+
+    def backward_micro_batch(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward and backward one micro-batch; its loss is scaled so the step averages the whole batch."""
+        loss = share_of_batch_loss(self, images, labels, self.per_rank_batch_size)
+        self.manual_backward(loss)
         return loss.detach() * self.per_rank_batch_size
 
     def validation_step(self, batch, batch_index: int) -> None:
         images, labels = batch
-        logits = torch.cat(self.in_micro_batches(images, labels, lambda x, y, _last: self(x)))
+        logits = torch.cat(self.validation_logits(images, labels))
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         self.val_accuracy(logits, labels)
         self.log("val/acc", self.val_accuracy, on_epoch=True)
+
+    def validation_logits(self, images, labels) -> list[torch.Tensor]:
+        """Logits micro-batch by micro-batch; on out-of-memory this rank alone halves and reruns."""
+        while True:
+            size = min(self.micro_batch_size, self.val_micro_batch_size or self.micro_batch_size)
+            try:
+                return in_micro_batches(images, labels, size, lambda x, _y: self(x))
+            except torch.OutOfMemoryError:
+                pass
+            release_cached_memory(self.device)
+            self.val_micro_batch_size = self.halved(size, f"in validation on {self.device}")
+            self.oom_retries += 1
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["oom_retries"] = self.oom_retries
@@ -145,27 +262,12 @@ class ResNetModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.oom_retries = checkpoint.get("oom_retries", 0)
 
-    def in_micro_batches(self, images, labels, run: Callable, on_retry: Callable = lambda: None) -> list:
-        """`run` over consecutive micro-batches; on out-of-memory, halve them and start the batch over."""
-        while True:
-            size = self.micro_batch_size
-            try:
-                return [
-                    run(images[i : i + size], labels[i : i + size], i + size >= len(labels))
-                    for i in range(0, len(labels), size)
-                ]
-            except torch.OutOfMemoryError:
-                on_retry()
-                self.halve_micro_batch()
-
-    def halve_micro_batch(self) -> None:
-        smaller = [d for d in divisors(self.per_rank_batch_size) if d <= self.micro_batch_size // 2]
+    def halved(self, size: int, where: str) -> int:
+        """The largest micro-batch that divides the per-rank batch and is at most half of `size`."""
+        smaller = [d for d in divisors(self.per_rank_batch_size) if d <= size // 2]
         if not smaller:
             raise UserError(
-                f"out of memory at micro_batch_size=1 on {self.trainer.strategy.root_device}; "
-                f"use a smaller model or precision=bf16-mixed"
+                f"out of memory at micro_batch_size=1 {where}; use a smaller model or a 16-bit precision "
+                f"(bf16-mixed, or 16-mixed on GPUs older than Ampere)"
             )
-        self.micro_batch_size = smaller[-1]
-        self.oom_retries += 1
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        return smaller[-1]

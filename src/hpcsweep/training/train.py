@@ -36,6 +36,7 @@ from hpcsweep.tracking.tags import PRECISION_USED
 from hpcsweep.training.batch_plan import per_rank_batch_size
 from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
+from hpcsweep.training.mixed_precision import precision_plugin
 from hpcsweep.training.module import ResNetModule
 
 
@@ -103,10 +104,10 @@ def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callb
         devices=train.devices,
         num_nodes=train.num_nodes,
         strategy=strategy_for(train),
-        precision=train.precision,
+        precision=None,  # the plugin below: Lightning would turn 16-mixed on the CPU into bf16-mixed
         max_epochs=train.max_epochs,
         callbacks=[best, last, *callbacks],  # best first: it is trainer.checkpoint_callback
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), precision_plugin(train.precision, train.accelerator)],
         default_root_dir=folder.path,
         logger=False,
         enable_progress_bar=False,
