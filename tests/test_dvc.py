@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.project import copy_project_sources
+from helpers.project import ROOT, copy_project_sources
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def repo(tmp_path, synthetic_archive) -> Path:
 
 
 def test_repro_runs_every_stage_once_and_a_second_repro_does_nothing(repo):
-    first = run(["dvc", "repro", "train"], repo)  # study and report: tests/test_report.py
+    first = run(["dvc", "repro", "train"], repo)  # study and report: the last test below
     for stage in ("download", "prepare", "train"):
         assert f"Running stage '{stage}'" in first, stage
     assert (repo / "data/prepared/train.pt").is_file()
@@ -82,3 +83,34 @@ def test_editing_the_report_code_leaves_training_up_to_date_and_training_code_do
     with open(repo / "src/hpcsweep/training/module.py", "a") as source:
         source.write("\n# touched\n")
     assert "src/hpcsweep/training" in run(["dvc", "status", "train"], repo)
+
+
+def write_tiny_study(repo: Path) -> dict:
+    """The real cpu-demo grid shrunk to two 1-epoch points on the synthetic data, where the study stage reads it."""
+    spec = yaml.safe_load((ROOT / "slurm/grids/cpu-demo.yaml").read_text())
+    spec["base"].update(TINY_TRAINING, limit_train_samples=120, micro_batch_size=60, memory_limit_mb=None)
+    spec["grid"] = {"optimizer": ["sgd", "adam"]}
+    (repo / "slurm/grids").mkdir(parents=True)
+    (repo / "slurm/grids/cpu-demo.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec
+
+
+def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_up_to_date(repo):
+    """`make run` is `dvc repro report`: download -> prepare -> study (the grid, here) -> report."""
+    spec = write_tiny_study(repo)
+    out = run(["dvc", "repro", "report"], repo)
+    for stage in ("download", "prepare", "study", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    assert "Running stage 'train'" not in out
+    status = (repo / "metrics/study-status.txt").read_text().splitlines()
+    assert status[-1] == "2 points: 2 FINISHED", status
+    trained = {row.split(maxsplit=4)[-1] for row in status[1:-1]}  # the point column of `hpcsweep status`
+    assert {label.split(",")[0] for label in trained} == {f"optimizer={o}" for o in spec["grid"]["optimizer"]}
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    assert (summary["runs"], summary["finished_runs"], summary["configurations"]) == (2, 2, 2)
+    with open(repo / "reports/pareto.csv") as front:
+        assert {row["configuration"] for row in csv.DictReader(front)} == trained
+    page = (repo / "reports/index.html").read_text()
+    assert all(label in page for label in trained) and "Recommendation:" in page
+    assert len((repo / "reports/curves.csv").read_text().splitlines()) == 1 + len(trained)  # 1 epoch each
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "report"], repo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -12,20 +13,45 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
 from helpers.project import ROOT
+from helpers.runs import TINY
+
+CONDA_ENV_KEYS = {"name", "channels", "dependencies"}  # what an environment.yml may hold, less prefix and variables
 
 
 def test_conda_env_pins_the_same_versions_as_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    """`mlflow run .` (conda, its default env manager for this project) builds conda.yaml's environment.
+
+    No conda, mamba or micromamba is installed on the development machine or in CI, so that
+    environment is never built here. What is checked instead: MLflow's own project loader takes
+    conda.yaml as the project's conda environment; the file has the structure `conda env create`
+    reads (name, channels, dependencies: conda specs and one pip list, with `pip` itself among the
+    conda packages); python is pinned to pyproject's 3.11, in the form MLflow requires when it turns
+    the file into a virtualenv (`--env-manager virtualenv`); and the pip list is pyproject's pins.
+    """
+    from mlflow.projects import env_type
+    from mlflow.projects.utils import load_project
+
+    loaded = load_project(str(ROOT))
+    assert loaded.env_type == env_type.CONDA and Path(loaded.env_config_path).resolve() == ROOT / "conda.yaml"
+
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
-    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert sorted(pip_section) == sorted(project["dependencies"])
+    assert set(conda) == CONDA_ENV_KEYS and conda["name"] == "hpcsweep"
+    assert conda["channels"] and all(isinstance(channel, str) for channel in conda["channels"])
+    specs = [d for d in conda["dependencies"] if isinstance(d, str)]
+    [pip_section] = [d for d in conda["dependencies"] if not isinstance(d, str)]
+    assert set(pip_section) == {"pip"} and "pip" in specs
+    assert all(re.fullmatch(r"[a-z0-9_.-]+(=[0-9.*]+)?", spec) for spec in specs), specs
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(pip_section["pip"]) == sorted(project["dependencies"])
     assert all("==" in requirement for requirement in project["dependencies"])
-    python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python="))
-    assert python == "python=3.11" and project["requires-python"] == ">=3.11,<3.12"
+    assert [spec for spec in specs if spec.startswith("python")] == ["python=3.11"]
+    assert project["requires-python"] == ">=3.11,<3.12"
 
 
 TORCH_PACKAGES = ("torch", "torchvision")
@@ -154,6 +180,41 @@ def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
         )
         assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "data/prepared/stats.json").is_file()
+
+
+def mlflow_run(project: Path, entry: str, *parameters: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e ENTRY` in the current environment, logging to a SQLite store in `project`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # earlier tests' runs
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}"
+    )
+    command = ["mlflow", "run", ".", "-e", entry, "--env-manager", "local"]
+    command += [arg for parameter in parameters for arg in ("-P", parameter)]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_mlproject_grid_and_report_entry_points_run_a_grid_and_report_on_it(prepared):
+    project = prepared.parent.parent
+    for name in ("MLproject", "conda.yaml"):
+        (project / name).write_text((ROOT / name).read_text())
+    (project / "src").symlink_to(ROOT / "src")
+    grid = {"name": "entry", "experiment": "entry-study", "base": {**TINY, "limit_train_samples": 60}, "seeds": [0]}
+    (project / "entry.yaml").write_text(yaml.safe_dump(grid))
+
+    done = mlflow_run(project, "grid", "gridfile=entry.yaml")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "entry: 1 of 1 points to run" in done.stdout
+    done = mlflow_run(project, "report", "grid=entry", "out=study-report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((project / "study-report/summary.json").read_text())
+    assert (summary["runs"], summary["finished_runs"]) == (1, 1)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = {run.data.tags["hpcsweep.role"]: run for run in client.search_runs(experiments, "tags.grid = 'entry'")}
+    assert runs["point"].info.status == "FINISHED" and runs["point"].data.params["seed"] == "0"
+    uploaded = {artifact.path for artifact in client.list_artifacts(runs["launch"].info.run_id, "report")}
+    assert "report/summary.json" in uploaded  # the report of this grid, on its launch run
 
 
 def test_mlproject_train_parameters_are_every_train_key_with_params_yaml_defaults():

@@ -138,6 +138,31 @@ def test_training_before_prepare_says_what_to_run(project, tracking_server, expe
     assert runs_of(tracking_server, experiment) == []
 
 
+# what mlflow.system_metrics' CPU, disk and network monitors log on any node, and its GPU monitor per GPU
+NODE_METRICS = {
+    "cpu_utilization_percentage",
+    "system_memory_usage_megabytes",
+    "system_memory_usage_percentage",
+    "disk_usage_percentage",
+    "disk_usage_megabytes",
+    "disk_available_megabytes",
+    "network_receive_megabytes",
+    "network_transmit_megabytes",
+}
+GPU_METRICS = ("memory_usage_percentage", "memory_usage_megabytes", "utilization_percentage")
+
+
+def nvml_gpu_count() -> int:
+    """The GPUs MLflow's GPU monitor sees: through pynvml (nvidia-ml-py), none where NVML cannot load."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError:
+        return 0
+
+
 def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, tracking_server, experiment):
     project = prepared.parent.parent
     args = [
@@ -150,6 +175,7 @@ def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, trackin
             "max_epochs=2",
             "batch_size=10",
             "base_batch_size=10",
+            "limit_train_samples=60",  # 2 x 6 steps: seconds, several samples at a 1 s interval
             "tracking.system_metrics=true",
             f"tracking.experiment={experiment}",
         ),
@@ -158,5 +184,60 @@ def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, trackin
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, experiment)
-    assert "system/cpu_utilization_percentage" in run.data.metrics
-    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    system = {
+        key.removeprefix("system/"): value for key, value in run.data.metrics.items() if key.startswith("system/")
+    }
+    assert NODE_METRICS <= set(system), NODE_METRICS - set(system)
+    gpu_keys = {key for key in system if key.startswith("gpu_")}
+    assert gpu_keys >= {f"gpu_{i}_{name}" for i in range(nvml_gpu_count()) for name in GPU_METRICS}
+    assert bool(gpu_keys) == (nvml_gpu_count() > 0), gpu_keys  # no GPU: no GPU keys, rather than zeros
+    for name in ("cpu_utilization_percentage", "system_memory_usage_percentage", "disk_usage_percentage"):
+        assert 0 <= system[name] <= 100, (name, system[name])
+    assert 0 < system["system_memory_usage_megabytes"] and 0 < system["disk_available_megabytes"]
+    assert len(history(tracking_server, run.info.run_id, "system/cpu_utilization_percentage")) > 1  # sampled, not once
+
+
+def test_after_a_finished_run_the_same_command_starts_a_fresh_run_tagged_with_the_commit(
+    prepared, tracking_server, experiment
+):
+    """Two trainings with one command in a git work tree: the second is a run of its own, not a resume
+    of the first; git_commit is the commit, with `-dirty` once a tracked file differs from it."""
+    project = prepared.parent.parent
+    (project / "notes.md").write_text("a tracked file\n")
+    for command in (["init", "-q"], ["add", "params.yaml", "notes.md"], ["commit", "-qm", "project"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=project, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    args = ["train", *overrides(*QUICK, "limit_train_samples=60", f"tracking.experiment={experiment}")]
+    first = hpcsweep(args, project, tracking_server)
+    assert first.returncode == 0, first.stderr[-4000:]
+    [finished] = runs_of(tracking_server, experiment)
+    assert finished.data.tags["git_commit"] == commit
+    folder = project / "checkpoints" / finished.data.tags["config_hash"]  # no launcher's run id: the config's hash
+    assert (folder / "last.ckpt").is_file()
+
+    (project / "notes.md").write_text("changed after the commit\n")
+    second = hpcsweep(args, project, tracking_server)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "Restoring states from the checkpoint" not in second.stderr and (folder / "last.ckpt").is_file()
+    runs = {run.info.run_id: run for run in runs_of(tracking_server, experiment)}
+    [fresh] = [run for run_id, run in runs.items() if run_id != finished.info.run_id]
+    assert len(runs) == 2 and {run.info.status for run in runs.values()} == {"FINISHED"}
+    assert fresh.data.tags["git_commit"] == f"{commit}-dirty"
+    for run_id in runs:
+        assert [step for step, _ in history(tracking_server, run_id, "val/acc")] == [0], run_id  # one epoch each
+
+
+def test_training_through_the_torchvision_dataloader_finishes_into_a_run(prepared, tracking_server, experiment):
+    project = prepared.parent.parent
+    args = [
+        "train",
+        *overrides(*QUICK, "limit_train_samples=120", "data.loader=torchvision", f"tracking.experiment={experiment}"),
+    ]
+    done = hpcsweep(args, project, tracking_server)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [run] = runs_of(tracking_server, experiment)
+    assert run.info.status == "FINISHED" and run.data.params["loader"] == "torchvision"
+    assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0]
+    assert run.data.metrics["train/images_per_s"] > 0 and "train/loss" in run.data.metrics
+    # the coverage proof counts what the device loader served; the DataLoader has no such record
+    assert "train/unique_samples" not in run.data.metrics

@@ -1,0 +1,137 @@
+"""What `hpcsweep grid` promises about its options and its checks before anything is created.
+
+README, "What a launch does": grids over 1000 points need `--yes`; the tracking server must answer,
+`sbatch` exist and the prepared data be where jobs read it, else one line, a non-zero exit and
+nothing written; `--rerun` runs every point again, finished ones included, into new runs. The
+SLURM-side options (`--max-parallel`, `--template`, relaunch while jobs are queued) are tested on
+the dev cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
+
+SMALL = {**TINY, "limit_train_samples": 60}  # one step of one epoch: the launch is under test, not training
+
+
+def launch(project: Path, grid: Path, uri: str, *options: str) -> subprocess.CompletedProcess:
+    """`hpcsweep grid` in the project folder, logging to `uri`."""
+    return subprocess.run(
+        grid_command(grid, *options), cwd=project, env=environment(uri), capture_output=True, text=True
+    )
+
+
+def unopened_store(project: Path) -> tuple[str, Path]:
+    """A SQLite store that does not exist yet: if it still does not after a command, nothing opened it."""
+    path = project / "mlflow.db"
+    return f"sqlite:///{path}", path
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path.relative_to(folder) for path in folder.rglob("*")}
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def thousand_and_one_points(project: Path) -> Path:
+    return write_grid(project, {"name": "big", "grid": {"lr": [round(0.001 * (i + 1), 3) for i in range(1001)]}})
+
+
+@pytest.mark.slow  # 1001 configs validated: seconds
+def test_a_grid_over_1000_points_is_refused_without_yes_and_accepted_with_it(prepared):
+    project = prepared.parent.parent
+    grid = thousand_and_one_points(project)
+    uri, store = unopened_store(project)
+    before = files_under(project)
+    refused = launch(project, grid, uri, "--dry-run")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"Error: {grid}: at least 1001 points (1001 from the axes and seeds); grids over 1000 need --yes\n"
+    )
+    assert files_under(project) == before
+
+    accepted = launch(project, grid, uri, "--dry-run", "--yes")
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    [points_file] = project.glob("runs/big/*/points-*.json")
+    assert len(json.loads(points_file.read_text())["points"]) == 1001
+    assert not store.exists()  # a dry run opens no store: no run was created
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_launch_in_one_line_before_anything_is_written(prepared):
+    project = prepared.parent.parent
+    grid = write_grid(project, {"name": "noserver", "base": SMALL, "seeds": [0]})
+    uri = f"http://127.0.0.1:{closed_port()}"
+    before = files_under(project)
+    done = launch(project, grid, uri)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: tracking server {uri} does not answer (") and done.stderr.endswith(
+        "); start it or set tracking.uri\n"
+    )
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert files_under(project) == before
+
+
+def test_a_slurm_launch_where_sbatch_is_not_on_the_path_is_one_line_and_writes_nothing(prepared, tmp_path):
+    project = prepared.parent.parent
+    grid = write_grid(project, {"name": "nosbatch", "base": SMALL, "seeds": [0]})
+    uri, store = unopened_store(project)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    before = files_under(project)
+    done = subprocess.run(
+        grid_command(grid, "--executor", "slurm"),
+        cwd=project,
+        env={**environment(uri), "PATH": str(empty)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "Error: sbatch not found on PATH: run on a SLURM login node, or use --executor local\n"
+    assert files_under(project) == before and not store.exists()
+
+
+def test_a_launch_without_prepared_data_where_jobs_read_it_is_one_line_and_writes_nothing(project):
+    grid = write_grid(project, {"name": "nodata", "base": SMALL, "seeds": [0]})
+    uri, store = unopened_store(project)
+    before = files_under(project)
+    done = launch(project, grid, uri)
+    assert done.returncode == 1
+    prepared = (project / "data/prepared").resolve()
+    assert done.stderr == (
+        f"Error: {prepared}: no prepared data where jobs will read it; "
+        "run `hpcsweep prepare` (or `dvc pull prepare`) first\n"
+    )
+    assert files_under(project) == before and not store.exists()
+
+
+@pytest.mark.slow
+def test_rerun_trains_points_that_already_finished_again_into_new_runs(prepared, tracking_server):
+    project = prepared.parent.parent
+    name = f"rerun{os.getpid()}"
+    grid = write_grid(project, {"name": name, "base": SMALL, "grid": {"optimizer": ["sgd"]}})
+    first = launch(project, grid, tracking_server)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [finished] = [r for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "point"]
+    assert finished.info.status == "FINISHED"
+
+    again = launch(project, grid, tracking_server, "--rerun")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 of 1 points to run" in again.stdout
+    runs = point_runs(tracking_server, name)
+    children = [r for r in runs if r.data.tags["hpcsweep.role"] == "point"]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    assert len({r.info.run_id for r in children}) == 2 and finished.info.run_id in {r.info.run_id for r in children}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 2  # one launch run each
