@@ -53,6 +53,8 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
         "lr=1e-3",
         "-P",
         "accelerator=cpu",
+        "-P",
+        "target_accuracy=0.01",  # reached at the first epoch: time_to_target_s is logged there
     ]
     done = subprocess.run(command, cwd=project, env=environment(tracking_server), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -61,6 +63,8 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
     params = run.data.params
     assert params["optimizer"] == "adam" and params["batch_size"] == "60" and params["model"] == "resnet20"
     assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0, 1]
+    assert history(tracking_server, run.info.run_id, "time_to_target_s")[0][0] == 0
+    assert params["precision"] == "auto" and params["precision_used"] == "32-true"  # auto on the CPU
     for metric in ("train/loss", "val/loss", "epoch_time_s", "train/images_per_s", "peak_memory_mb", "total_time_s"):
         assert metric in run.data.metrics, metric
     assert {"config_hash", "git_commit", "data_md5"} <= set(run.data.tags)
