@@ -351,6 +351,16 @@ def test_beyond_loopback_the_server_needs_auth_or_an_explicit_insecure(tmp_path)
         assert "--host 0.0.0.0" in refused and "--auth" in refused and "--insecure" in refused
         past_the_check = server_failure("--host", "0.0.0.0", "--port", port, "--insecure", *stores, cwd=tmp_path)
         assert f"--port {port}: cannot listen" in past_the_check
+        with_auth = subprocess.run(
+            server_command("--host", "0.0.0.0", "--port", port, "--auth", *stores),
+            cwd=tmp_path,
+            env={**environment("unused"), "MLFLOW_AUTH_ADMIN_PASSWORD": "not-a-real-one"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        warning, error = with_auth.stderr.strip().splitlines()
+        assert "passwords cross the network in clear" in warning and f"--port {port}: cannot listen" in error
     half_tls = server_failure("--tls-cert", __file__, *stores, cwd=tmp_path)
     assert "--tls-cert and --tls-key: give both" in half_tls
 
