@@ -490,3 +490,18 @@ def test_a_dry_run_with_an_injected_partition_exits_with_one_line_and_writes_no_
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "slurm.partition='gpu\\necho pwned': expected a SLURM name" in done.stderr
     assert not list(project.rglob("*.sbatch"))
+
+
+def test_a_key_is_taken_from_params_then_base_then_point_then_the_command_line(tmp_path):
+    """Precedence: params.yaml < base < point < -s, one key settled at each level."""
+    spec = {
+        "name": "precedence",
+        "base": {"lr": 0.2, "momentum": 0.8, "weight_decay": 0.001},
+        "grid": {"lr": [0.3], "momentum": [0.7]},
+    }
+    [point] = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {"momentum": 0.6}).points
+    train = point.config.train
+    assert train.batch_size == 128  # params.yaml only
+    assert train.weight_decay == 0.001  # base over params.yaml
+    assert train.lr == 0.3  # point over base
+    assert train.momentum == 0.6  # -s over the point
