@@ -56,6 +56,8 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     finished = [r for r in runs if r not in failing]
     assert {r.info.status for r in finished} == {"FINISHED"}
     assert all("val/acc" in r.data.metrics and "slurm_job_id" in r.data.tags for r in finished)
+    # each point is its own array task: job and task together name it
+    assert len({(r.data.tags["slurm_job_id"], r.data.tags["slurm_array_task_id"]) for r in runs}) == 7
     ddp = [r for r in finished if r.data.params["strategy"] == "ddp"]
     assert sorted((r.data.params["devices"], r.data.params["num_nodes"]) for r in ddp) == [("1", "2"), ("2", "1")]
     for run in ddp:  # one run per training, however many ranks, and each rank its own shard
