@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from hpcsweep.grid.executors import slurm
+from hpcsweep.grid.executors import slurm_states
 from hpcsweep.grid.status import status_rows, summary
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
@@ -28,12 +28,13 @@ def recorded(name: str) -> str:
 
 
 def test_squeue_gives_every_array_task_its_own_state():
-    assert slurm.parse_squeue(recorded("squeue.txt")) == {"242_1": "PENDING", "242_0": "RUNNING", "243_0": "RUNNING"}
+    expected = {"242_1": "PENDING", "242_0": "RUNNING", "243_0": "RUNNING"}
+    assert slurm_states.parse_squeue(recorded("squeue.txt")) == expected
 
 
 def test_scontrol_records_name_array_tasks_and_a_step_killed_for_memory_is_out_of_memory():
     # 243_0 and 246_0: SLURM says FAILED (the batch script failed after srun), DerivedExitCode 0:125 says why
-    assert slurm.parse_jobcomp(recorded("scontrol-show-job.txt")) == {
+    assert slurm_states.parse_jobcomp(recorded("scontrol-show-job.txt")) == {
         "242_1": "COMPLETED",
         "242_0": "TIMEOUT",
         "243_0": "OUT_OF_MEMORY",
@@ -47,7 +48,7 @@ def test_scontrol_records_name_array_tasks_and_a_step_killed_for_memory_is_out_o
 
 def test_the_jobcomp_log_gives_a_job_that_ended_more_than_once_its_last_end():
     # 228 timed out, was requeued (PENDING) and failed; 248_0 failed with its node, was requeued, cancelled
-    assert slurm.parse_jobcomp(recorded("jobcomp.txt")) == {
+    assert slurm_states.parse_jobcomp(recorded("jobcomp.txt")) == {
         "228": "FAILED",
         "229": "TIMEOUT",
         "236": "OUT_OF_MEMORY",
@@ -64,7 +65,7 @@ def test_the_jobcomp_log_gives_a_job_that_ended_more_than_once_its_last_end():
 
 
 def test_sacct_lines_give_each_job_its_state_and_cancelled_by_a_user_is_cancelled():
-    assert slurm.parse_sacct(recorded("sacct.txt")) == {
+    assert slurm_states.parse_sacct(recorded("sacct.txt")) == {
         "242_0": "TIMEOUT",
         "242_1": "COMPLETED",
         "243_0": "OUT_OF_MEMORY",

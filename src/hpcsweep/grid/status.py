@@ -14,7 +14,7 @@ import mlflow
 
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
-from hpcsweep.grid.executors import slurm
+from hpcsweep.grid.executors import slurm, slurm_states
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.tags import FAILURE_REASON
 
@@ -45,7 +45,7 @@ def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
 def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
     runs = point_runs(client, grid_name)
     keys = [key for key in map(grid_runs.job_key, runs) if key]
-    states = slurm.job_states(keys) if keys else {}
+    states = slurm_states.job_states(keys) if keys else {}
     rows = [
         Row(
             run.data.tags.get("point", "?"),
