@@ -55,7 +55,7 @@ run: $(INSTALLED)
 test: lint
 	python -m pytest -m "not gpu" -n 2 --dist loadgroup --durations=25
 
-# the unit tests only (under 2 minutes): no training, server, cluster, GPU or real data
+# the unit tests only: no training, server, cluster, GPU or real data
 test-fast: $(INSTALLED)
 	python -m pytest -m "not slow and not slurm and not server and not gpu and not realdata"
 

@@ -16,10 +16,12 @@ from torch import nn
 from helpers.ddp_training import MEMORY_LIMITS, OOM_AT, ddp_training_command
 from helpers.gloo import gradients_by_ddp_and_by_exchange, run_on_ranks
 from helpers.lightning_fit import fit, learnable_batch, module_for
+from helpers.project import ROOT
 from helpers.runs import QUICK, environment, overrides, runs_of
 from helpers.synthetic import write_archive
 from hpcsweep.config import load_config
 from hpcsweep.errors import UserError
+from hpcsweep.grid.spec import load_grid
 from hpcsweep.models import build_model
 from hpcsweep.training.batch_plan import plan_batches
 from hpcsweep.training.mixed_precision import precision_plugin
@@ -325,3 +327,16 @@ def test_cli_memory_limit_below_micro_batch_one_exits_with_one_line(prepared, tm
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1].startswith("Error: train.memory_limit_mb=1: even micro_batch_size=1 needs")
     assert "Traceback" not in done.stderr
+
+
+def test_the_cpu_demo_grid_accumulates_its_large_batch_and_runs_its_small_one_whole():
+    """cpu-demo.yaml's promise: batch 256 does not fit in memory_limit_mb 400, so it runs as
+    accumulated micro-batches; batch 64 fits whole (one probe per batch size: the optimizers share it)."""
+    grid = load_grid(ROOT / "slurm/grids/cpu-demo.yaml", ROOT / "params.yaml", {})
+    trains = {point.config.train.batch_size: point.config.train for point in grid.points}
+    chosen = {
+        size: probe_micro_batch(fresh(train.model), torch.device("cpu"), size, "32-true", train.memory_limit_mb, 0.1)
+        for size, train in trains.items()
+    }
+    assert sorted(chosen) == [64, 256]
+    assert chosen[64].micro_batch_size == 64 and chosen[256].micro_batch_size < 256
