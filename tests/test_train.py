@@ -77,15 +77,17 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
     assert logged_config["train"]["optimizer"] == "adam" and logged_config["train"]["max_epochs"] == 2
 
 
-def test_ddp_on_two_cpu_processes_is_one_run_over_disjoint_shards(prepared, tracking_server, experiment):
-    project = prepared.parent.parent
-    args = [
-        "train",
-        *overrides(*QUICK, "max_epochs=2", "strategy=ddp", "devices=2", f"tracking.experiment={experiment}"),
-    ]
-    done = hpcsweep(args, project, tracking_server)
+def quick_training(prepared: Path, uri: str, experiment: str, *keys: str):
+    """`hpcsweep train` of the QUICK config with `keys` in the project of `prepared`; its one run."""
+    args = ["train", *overrides(*QUICK, *keys, f"tracking.experiment={experiment}")]
+    done = hpcsweep(args, prepared.parent.parent, uri)
     assert done.returncode == 0, done.stderr[-4000:]
-    [run] = runs_of(tracking_server, experiment)
+    [run] = runs_of(uri, experiment)
+    return run
+
+
+def test_ddp_on_two_cpu_processes_is_one_run_over_disjoint_shards(prepared, tracking_server, experiment):
+    run = quick_training(prepared, tracking_server, experiment, "max_epochs=2", "strategy=ddp", "devices=2")
     assert run.info.status == "FINISHED"
     assert run.data.metrics["micro_batch_size"] == 30  # 60 over 2 ranks
     assert history(tracking_server, run.info.run_id, "train/repeated_samples") == [(0, 0.0), (1, 0.0)]
@@ -232,14 +234,7 @@ def test_after_a_finished_run_the_same_command_starts_a_fresh_run_tagged_with_th
 
 
 def test_training_through_the_torchvision_dataloader_finishes_into_a_run(prepared, tracking_server, experiment):
-    project = prepared.parent.parent
-    args = [
-        "train",
-        *overrides(*QUICK, "limit_train_samples=120", "data.loader=torchvision", f"tracking.experiment={experiment}"),
-    ]
-    done = hpcsweep(args, project, tracking_server)
-    assert done.returncode == 0, done.stderr[-4000:]
-    [run] = runs_of(tracking_server, experiment)
+    run = quick_training(prepared, tracking_server, experiment, "limit_train_samples=120", "data.loader=torchvision")
     assert run.info.status == "FINISHED" and run.data.params["loader"] == "torchvision"
     assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0]
     assert run.data.metrics["train/images_per_s"] > 0 and "train/loss" in run.data.metrics

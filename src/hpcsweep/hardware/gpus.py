@@ -179,6 +179,13 @@ def torch_build() -> TorchBuild:
     return TorchBuild(version=torch.__version__, cuda=torch.version.cuda, arch_list=tuple(torch.cuda.get_arch_list()))
 
 
+def trains_on_cuda(accelerator: str) -> bool:
+    """Whether a training with this `accelerator` runs on CUDA here (auto and gpu, where one is visible)."""
+    import torch
+
+    return accelerator != "cpu" and torch.cuda.is_available()
+
+
 def visible_gpus() -> list[Gpu]:
     """The CUDA GPUs this process sees (CUDA_VISIBLE_DEVICES applied), in device order."""
     import torch

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
+from hpcsweep.hardware.gpus import trains_on_cuda
+
 
 def precision_plugin(precision: str, accelerator: str) -> Precision:
     """Lightning's plugin for `precision` ("32-true", "bf16-mixed", "16-mixed") on the device the
     config's `accelerator` trains on."""
     if precision == "32-true":
         return Precision()
-    device_type = "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if trains_on_cuda(accelerator) else "cpu"
     scaler = torch.amp.GradScaler(device_type) if precision == "16-mixed" else None
     return MixedPrecision(precision, device_type, scaler)

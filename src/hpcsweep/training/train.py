@@ -27,7 +27,7 @@ from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
 from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
-from hpcsweep.hardware.gpus import check_training_hardware
+from hpcsweep.hardware.gpus import check_training_hardware, trains_on_cuda
 from hpcsweep.hardware.precision import precision_for
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
@@ -73,14 +73,7 @@ def run_folder_for(config: Config, run_id: str | None) -> RunFolder:
 def strategy_for(train: TrainConfig):
     if train.strategy != "ddp":
         return train.strategy
-    on_cpu = train.accelerator == "cpu" or not torch_cuda_available()
-    return DDPStrategy(process_group_backend="gloo" if on_cpu else "nccl")
-
-
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return DDPStrategy(process_group_backend="nccl" if trains_on_cuda(train.accelerator) else "gloo")
 
 
 def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callback]) -> L.Trainer:
@@ -116,7 +109,7 @@ def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callb
         deterministic=False,
         # cuDNN times its kernels for each new input shape once and keeps the fastest; elsewhere,
         # Lightning's default (torch's own setting)
-        benchmark=True if train.accelerator != "cpu" and torch_cuda_available() else None,
+        benchmark=True if trains_on_cuda(train.accelerator) else None,
     )
 
 
