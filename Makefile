@@ -53,7 +53,7 @@ run: $(INSTALLED)
 
 # lint and formatting first (seconds), then every test but the GPU ones
 test: lint
-	python -m pytest -m "not gpu" -n 2 --dist loadgroup --durations=25
+	python -m pytest -m "not gpu" -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
 
 # the unit tests only: no training, server, cluster, GPU or real data
 test-fast: $(INSTALLED)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from helpers.project import ROOT, SHARED_DATA, require
+from helpers.scheduling import RECORD_VARIABLE, longest_groups_first, write_durations
 from helpers.services import (
     ARTIFACT_BUCKET,
     S3_KEYS,
@@ -44,10 +45,28 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs on two workers (pytest-xdist, `--dist loadgroup`): each module runs whole on
     one worker, so its module and session fixtures are built once, and the modules that use the
-    development cluster share one worker, since one process at a time may start and use it."""
+    development cluster share one worker, since one process at a time may start and use it. The
+    longest groups go first (helpers/scheduling.py)."""
     on_cluster = {item.path for item in items if "slurm_cluster" in getattr(item, "fixturenames", ())}
+    groups = {item.nodeid: "slurm-cluster" if item.path in on_cluster else item.path.stem for item in items}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("slurm-cluster" if item.path in on_cluster else item.path.stem))
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    longest_groups_first(items, lambda item: groups[item.nodeid], lambda item: item.path.stem)
+
+
+REPORTS: list[pytest.TestReport] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if os.environ.get(RECORD_VARIABLE):
+        REPORTS.append(report)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under HPCSWEEP_RECORD_DURATIONS=1, the controller (it receives every worker's reports)
+    writes tests/durations.json after a full run."""
+    if os.environ.get(RECORD_VARIABLE) and not hasattr(session.config, "workerinput"):
+        write_durations(REPORTS)
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +79,7 @@ def project(tmp_path) -> Path:
     """A copy of the project's params.yaml in a temp folder, with data paths inside it."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(raw_dir=str(tmp_path / "data/raw"), prepared_dir=str(tmp_path / "data/prepared"))
+    params["tracking"]["log_model"] = False  # 10-20 s per training on CI's CPUs; test_ui_metadata.py turns it on
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 

@@ -15,18 +15,24 @@ import yaml
 
 from helpers.project import ROOT
 from helpers.runs import QUICK, hpcsweep, overrides
-from hpcsweep.config import SECTIONS, TrainConfig, load_config
+from hpcsweep.config import SECTIONS, TrainConfig, load_config, parse_yaml
 from hpcsweep.errors import UserError
 
+# The project's own params.yaml, which users edit (the README has offline sites set data.archive;
+# `dvc exp run -S` rewrites it): tests shrink it with overrides and never assert its values.
 PARAMS = ROOT / "params.yaml"
 
 
-def test_project_params_load_with_every_section():
+def read_params() -> dict:
+    """The project's params.yaml as hpcsweep reads it (YAML 1.2), to shrink into a test's own file."""
+    return parse_yaml(PARAMS.read_text())
+
+
+def test_project_params_hold_every_key_of_every_section_and_load():
+    written = {section: set(values) for section, values in read_params().items()}
+    assert written == {name: {f.name for f in dataclasses.fields(kind)} for name, kind in SECTIONS.items()}
     config = load_config(PARAMS)
-    assert config.data.archive is None
-    assert config.data.raw_dir == "data/raw" and config.data.prepared_dir == "data/prepared"
-    assert config.train.batch_size >= 1 and config.tracking.experiment
-    assert config.slurm.setup == [] and config.slurm.extra == {}
+    assert isinstance(config.slurm.setup, list) and isinstance(config.slurm.extra, dict)
 
 
 def test_bare_override_names_train_and_dotted_any_section():
@@ -38,7 +44,9 @@ def test_bare_override_names_train_and_dotted_any_section():
 
 
 def test_override_values_are_yaml_scalars():
-    config = load_config(PARAMS, ["data.archive=null", "nesterov=true", "micro_batch_size=64", "memory_limit_mb=512"])
+    assignments = ["data.archive=null", "nesterov=true", "optimizer=sgd", "momentum=0.9"]
+    assignments += ["micro_batch_size=64", "memory_limit_mb=512"]
+    config = load_config(PARAMS, assignments)
     assert config.data.archive is None and config.train.nesterov is True
     assert config.train.micro_batch_size == 64 and config.train.memory_limit_mb == 512
 
@@ -47,8 +55,17 @@ def test_integer_is_accepted_where_a_float_is_expected():
     assert load_config(PARAMS, ["lr=1"]).train.lr == 1.0
 
 
+def test_an_integral_float_is_accepted_where_an_integer_is_expected():
+    """MLproject parameters have no integer type: `mlflow run -P max_epochs=2.0` must still train 2 epochs."""
+    config = load_config(PARAMS, ["max_epochs=2.0", "micro_batch_size=64.0", "tracking.port=5000.0"])
+    assert (config.train.max_epochs, config.train.micro_batch_size, config.tracking.port) == (2, 64, 5000)
+    assert type(config.train.max_epochs) is int
+    with pytest.raises(UserError, match=r"^-s: train\.max_epochs=2\.5: expected an integer$"):
+        load_config(PARAMS, ["max_epochs=2.5"])
+
+
 def test_params_option_reads_another_file(tmp_path):
-    params = yaml.safe_load(PARAMS.read_text())
+    params = read_params()
     params["train"]["optimizer"] = "rmsprop"
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(params))
@@ -56,14 +73,14 @@ def test_params_option_reads_another_file(tmp_path):
 
 
 def test_hash_ignores_key_order_and_paths_but_not_training_values(tmp_path):
-    params = yaml.safe_load(PARAMS.read_text())
+    params = read_params()
     reordered = {section: dict(reversed(list(values.items()))) for section, values in reversed(list(params.items()))}
     other = tmp_path / "reordered.yaml"
     other.write_text(yaml.safe_dump(reordered, sort_keys=False))
     base = load_config(PARAMS)
     assert load_config(other).hash == base.hash
     assert load_config(PARAMS, ["data.prepared_dir=/elsewhere"]).hash == base.hash
-    assert load_config(PARAMS, ["lr=0.2"]).hash != base.hash
+    assert load_config(PARAMS, [f"lr={base.train.lr * 2}"]).hash != base.hash
     assert len({load_config(PARAMS, [f"seed={s}"]).hash for s in range(5)}) == 5
 
 
@@ -113,6 +130,40 @@ def test_bad_override_is_one_line_naming_key_and_valid_values(override, expected
     assert "\n" not in message
 
 
+def params_file_with(tmp_path, section: str, key: str, text: str):
+    """A copy of the project's params.yaml with one value written as plain YAML `text`, as DVC leaves it."""
+    params = read_params()
+    params[section][key] = "PLACEHOLDER"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False).replace(": PLACEHOLDER\n", f": {text}\n"))
+    return path
+
+
+def test_a_time_whose_quotes_dvc_dropped_is_still_a_time(tmp_path):
+    """`dvc exp run -S` writes `time: "10:00:00"` back as `time: 10:00:00`, a base-60 integer in YAML 1.1."""
+    assert load_config(params_file_with(tmp_path, "slurm", "time", "10:00:00")).slurm.time == "10:00:00"
+    assert load_config(PARAMS, ["slurm.time=10:00:00"]).slurm.time == "10:00:00"
+
+
+def test_a_leading_zero_integer_is_refused_as_octal_in_yaml_11_and_decimal_in_12(tmp_path):
+    path = params_file_with(tmp_path, "train", "seed", "010")
+    line = path.read_text().splitlines().index("  seed: 010") + 1
+    with pytest.raises(UserError, match=rf"^{path}:{line}: invalid YAML: 010 is octal in YAML 1.1 and decimal in"):
+        load_config(path)
+    with pytest.raises(UserError, match=r"^-s seed=010: 010 is octal in YAML 1\.1 .*write it without leading zeros"):
+        load_config(PARAMS, ["seed=010"])
+
+
+def test_a_yaml_11_boolean_word_is_refused_rather_than_read_as_a_string(tmp_path):
+    with pytest.raises(UserError, match=r"train.nesterov='yes': expected true or false"):
+        load_config(params_file_with(tmp_path, "train", "nesterov", "yes"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "slurm/grids").glob("*.yaml")), ids=lambda path: path.name)
+def test_the_shipped_grid_files_read_the_same_in_yaml_11_and_12(path):
+    assert parse_yaml(path.read_text()) == yaml.safe_load(path.read_text())
+
+
 def test_bad_params_file_errors_name_the_file_and_line(tmp_path):
     broken = tmp_path / "params.yaml"
     broken.write_text("data:\n  archive: null\n\traw_dir: data/raw\n")
@@ -123,7 +174,7 @@ def test_bad_params_file_errors_name_the_file_and_line(tmp_path):
 
 
 def test_missing_and_unknown_keys_in_a_file_are_named(tmp_path):
-    params = yaml.safe_load(PARAMS.read_text())
+    params = read_params()
     params["tracking"]["colour"] = "blue"
     other = tmp_path / "params.yaml"
     other.write_text(yaml.safe_dump(params))
@@ -171,16 +222,22 @@ CONTRADICTIONS = [
     (["warmup_epochs=2", "max_epochs=2"], "warmup_epochs=2.0 must be < max_epochs=2"),
     (["max_epochs=1", "warmup_epochs=1"], "warmup_epochs=1.0 must be < max_epochs=1"),  # set on purpose: kept
     (
-        ["nesterov=true", "optimizer=adam"],
+        ["nesterov=true", "optimizer=adam", "momentum=0.9"],
         "nesterov=true needs optimizer=sgd and momentum > 0 (got optimizer=adam, momentum=0.9)",
     ),
     (
-        ["nesterov=true", "momentum=0"],
+        ["nesterov=true", "optimizer=sgd", "momentum=0"],
         "nesterov=true needs optimizer=sgd and momentum > 0 (got optimizer=sgd, momentum=0.0)",
     ),
-    (["devices=2"], "devices=2 x num_nodes=1 needs strategy=ddp"),
-    (["strategy=ddp", "devices=3", "batch_size=128"], "batch_size=128 cannot be split over 3 ranks"),
-    (["micro_batch_size=48", "batch_size=128"], "micro_batch_size=48 must divide the per-rank batch 128"),
+    (["devices=2", "num_nodes=1", "strategy=auto"], "devices=2 x num_nodes=1 needs strategy=ddp"),
+    (
+        ["strategy=ddp", "devices=3", "num_nodes=1", "batch_size=128"],
+        "batch_size=128 cannot be split over 3 ranks",
+    ),
+    (
+        ["micro_batch_size=48", "batch_size=128", "devices=1", "num_nodes=1"],
+        "micro_batch_size=48 must divide the per-rank batch 128",
+    ),
 ]
 
 
@@ -248,15 +305,19 @@ def notices(caplog):
     return caplog
 
 
-def test_a_default_warmup_too_long_for_the_run_is_halved_with_one_notice(notices):
-    config = load_config(PARAMS, ["max_epochs=1"])
+def test_a_default_warmup_too_long_for_the_run_is_halved_with_one_notice(notices, tmp_path):
+    params = read_params()
+    params["train"]["warmup_epochs"] = 1  # the shipped default, whatever the user's file now says
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    config = load_config(path, ["max_epochs=1"])
     assert config.train.warmup_epochs == 0.5
-    assert load_config(PARAMS, ["max_epochs=1"]).hash == config.hash
+    assert load_config(path, ["max_epochs=1"]).hash == config.hash
     assert [record.getMessage() for record in notices.records] == [
         "train.warmup_epochs=1.0 from the params file does not fit max_epochs=1: using warmup_epochs=0.5, "
         "half the run (set warmup_epochs to choose)"
     ]
-    assert load_config(PARAMS, ["max_epochs=3"]).train.warmup_epochs == 1.0  # one that fits is kept
+    assert load_config(path, ["max_epochs=3"]).train.warmup_epochs == 1.0  # one that fits is kept
 
 
 @pytest.mark.slow
@@ -317,8 +378,30 @@ def test_in_the_params_files_folder_paths_stay_as_written(project, searching, no
     assert config.tracking.uri is None and notices.records == []
 
 
+def test_in_a_dvc_experiments_copy_the_store_checkpoints_and_archive_are_the_projects(project, searching):
+    """`dvc exp run --temp/--queue` runs in a copy under .dvc/tmp/exps that is deleted afterwards."""
+    project_paths(project, ".dvc/tmp/exps/tmpcopy/.dvc")
+    copy = project / ".dvc/tmp/exps/tmpcopy"
+    shutil.copy(project / "params.yaml", copy / "params.yaml")
+    searching.chdir(copy)
+    in_the_copy = load_config()
+    searching.setenv("DVC_ROOT", str(project))  # DVC's name for the project, in every stage's environment
+    config = load_config()
+    root = project.resolve()
+    assert config.tracking.uri == f"sqlite:///{root / 'mlflow.db'}"
+    assert config.tracking.checkpoint_dir == str(root / "checkpoints")
+    assert (config.data.archive, config.tracking.secrets_file) == (
+        str(root / "archives/cifar.tar.gz"),
+        str(root / "secrets.env"),
+    )
+    assert (config.data.raw_dir, config.data.prepared_dir) == ("data/raw", "data/prepared")  # DVC's outs: the copy's
+    assert (in_the_copy.tracking.uri, in_the_copy.tracking.checkpoint_dir) == (None, "checkpoints")  # DVC_ROOT unset
+    searching.chdir(project)
+    assert load_config().tracking.uri is None  # `dvc repro` and `dvc exp run` in the project itself: as written
+
+
 def test_the_environment_names_a_params_file_and_params_beats_it(project, searching, tmp_path):
-    params = yaml.safe_load(PARAMS.read_text())
+    params = read_params()
     params["train"]["optimizer"] = "rmsprop"
     params["tracking"]["secrets_file"] = "~/.hpcsweep-secrets"
     other = tmp_path / "elsewhere" / "site.yaml"
@@ -330,7 +413,7 @@ def test_the_environment_names_a_params_file_and_params_beats_it(project, search
     assert config.train.optimizer == "rmsprop"
     assert config.data.raw_dir == str(other.parent.resolve() / "data/raw")
     assert config.tracking.secrets_file == "~/.hpcsweep-secrets"  # the home folder, wherever the file is
-    assert load_config(project / "params.yaml").train.optimizer == "sgd"
+    assert load_config(project / "params.yaml").train.optimizer == read_params()["train"]["optimizer"]
     searching.setenv("HPCSWEEP_PARAMS", str(tmp_path / "missing.yaml"))
     with pytest.raises(UserError, match=f"^HPCSWEEP_PARAMS={tmp_path / 'missing.yaml'}: params file not found"):
         load_config()
@@ -396,7 +479,7 @@ SLURM_INJECTIONS = {
 
 @pytest.mark.parametrize("key", SLURM_INJECTIONS)
 def test_slurm_values_that_would_inject_a_line_or_an_option_are_refused(tmp_path, key):
-    params = yaml.safe_load(PARAMS.read_text())
+    params = read_params()
     params["slurm"][key] = SLURM_INJECTIONS[key]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -1,4 +1,4 @@
-"""`dvc repro` for real, in a temporary git repository holding the project's pipeline files."""
+"""`dvc repro` and `dvc exp run` for real, in a temporary git repository holding the project's pipeline files."""
 
 from __future__ import annotations
 
@@ -9,22 +9,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
 from helpers.project import ROOT, copy_project_sources
+from hpcsweep.config import load_config
 
 pytestmark = pytest.mark.slow
 
 TINY_TRAINING = {"max_epochs": 1, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
 
 
-def run(args: list[str], cwd: Path) -> str:
+def succeeded(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def run(args: list[str], cwd: Path) -> str:
+    result = succeeded(args, cwd)
     return result.stdout + result.stderr
+
+
+def run_json(args: list[str], cwd: Path):
+    """A `--json` command's answer (DVC warns on stderr, e.g. about metrics files a stage has not written)."""
+    return json.loads(succeeded(args, cwd).stdout)
 
 
 def edit_params(repo: Path, section: str, **values) -> None:
@@ -40,6 +52,7 @@ def repo(tmp_path, synthetic_archive) -> Path:
     edit_params(tmp_path, "train", **TINY_TRAINING)
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
+    copy_project_sources(tmp_path, ".dvc/plots")  # the project's plot templates, beside the config dvc init wrote
     run(["git", "add", "-A"], tmp_path)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], tmp_path)
     return tmp_path
@@ -114,4 +127,35 @@ def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_u
     # every trained configuration is a row of the page's table (its findings name only the winners)
     assert all(f"<td data-sort='{o}'>{o}</td>" in page for o in spec["grid"]["optimizer"]) and "Recommendation:" in page
     assert len((repo / "reports/curves.csv").read_text().splitlines()) == 1 + len(trained)  # 1 epoch each
+    metrics = run_json(["dvc", "metrics", "show", "--json"], repo)[""]["data"]["reports/summary.json"]["data"]
+    assert metrics["best_configuration"] in trained and metrics["best_val_acc"] == summary["best_val_acc"]
+    plots = run_json(["dvc", "plots", "show", "--json"], repo)["data"]
+    curves = plots["reports/curves.csv"][0]["content"]  # the Vega-Lite spec, filled from the project's template
+    assert curves["encoding"]["color"]["field"] == "configuration"  # one line per configuration
+    assert {point["configuration"] for point in curves["data"]["values"]} == trained
     assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "report"], repo)
+
+
+def test_an_experiment_in_a_temporary_copy_with_set_params_logs_into_the_projects_store(repo):
+    """`dvc exp run --temp -S` rewrites params.yaml without the quotes of `time: "10:00:00"` (a base-60
+    integer to YAML 1.1) and trains in a copy under .dvc/tmp/exps that is deleted afterwards."""
+    edit_params(repo, "slurm", time="10:00:00")
+    run(["git", "commit", "-qam", "a ten-hour limit"], repo)
+    run(["dvc", "exp", "run", "--temp", "train", "-S", "train.optimizer=adam", "--name", "adam"], repo)
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [(r.data.params["optimizer"], r.info.status) for r in runs] == [("adam", "FINISHED")]
+    assert any(folder.is_dir() and any(folder.iterdir()) for folder in (repo / "checkpoints").iterdir())
+    experiment = experiment_named(run_json(["dvc", "exp", "show", "--json"], repo), "adam")
+    assert experiment["metrics"]["metrics/train.json"]["data"]["status"] == "FINISHED"
+    rewritten = repo / "experiment-params.yaml"  # the file as DVC rewrote it, read back as hpcsweep reads it
+    rewritten.write_text(succeeded(["git", "show", f"{experiment['rev']}:params.yaml"], repo).stdout)
+    assert "time: 10:00:00" in rewritten.read_text()  # the quotes DVC drops
+    config = load_config(rewritten)
+    assert (config.slurm.time, config.train.optimizer) == ("10:00:00", "adam")
+
+
+def experiment_named(shown: list[dict], name: str) -> dict:
+    """The data of one experiment in `dvc exp show --json`'s answer."""
+    revisions = [rev for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
+    return next(rev["data"] for rev in revisions if rev["name"] == name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -44,8 +45,8 @@ def training(project, uri: str, experiment: str, attempt: int, extra: dict[str, 
 
 
 def started(project, attempt: int) -> bool:
-    """The attempt's trainer is fitting: Lightning has printed its devices."""
-    return "GPU available" in (project / f"attempt-{attempt}.log").read_text()
+    """The attempt is training: it has printed an epoch line."""
+    return re.search(r"^epoch \d+/", (project / f"attempt-{attempt}.log").read_text(), re.MULTILINE) is not None
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:

@@ -157,6 +157,19 @@ def test_local_grid_makes_one_parent_and_a_child_per_point_and_relaunch_skips_fi
         grid_command(bad), cwd=project, env=environment(tracking_server), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # piped, as into a job log: each point announced, one plain line per epoch, its outcome, time left
+    progress = [line for line in done.stdout.splitlines() if line.startswith(("point ", "epoch "))]
+    assert [line.split("  ")[0].split(" in ")[0] for line in progress] == [
+        "point 1/3: optimizer=sgd, seed=0",
+        "epoch 1/1",
+        "point 1/3 done",
+        "point 2/3: optimizer=adam, lr=0.001, seed=0",
+        "epoch 1/1",
+        "point 2/3 done",
+        "point 3/3: optimizer=rmsprop, memory_limit_mb=1, seed=0",
+        "point 3/3 failed",
+    ]
+    assert "val/acc" in progress[1] and progress[2].endswith(" left") and progress[-1].endswith("(exit 1)")
     runs = point_runs(tracking_server, name)
     parents = [r for r in runs if r.data.tags["hpcsweep.role"] == "launch"]
     children = [r for r in runs if r.data.tags["hpcsweep.role"] == "point"]
@@ -225,7 +238,7 @@ def test_ctrl_c_kills_the_running_point_and_leaves_the_others_scheduled(prepared
     assert sorted(r.info.status for r in children) == ["KILLED", "SCHEDULED", "SCHEDULED"]
 
     cancel = subprocess.run(
-        [sys.executable, "-m", "hpcsweep", "cancel", name],
+        [sys.executable, "-m", "hpcsweep", "cancel", name, "--yes"],
         cwd=project,
         env=environment(tracking_server),
         capture_output=True,

@@ -2,22 +2,29 @@
 
 README, "What a launch does": grids over 1000 points need `--yes`; the tracking server must answer,
 `sbatch` exist and the prepared data be where jobs read it, else one line, a non-zero exit and
-nothing written; `--rerun` runs every point again, finished ones included, into new runs. The
-SLURM-side options (`--max-parallel`, `--template`, relaunch while jobs are queued) are tested on
-the dev cluster.
+nothing written; `--rerun` runs every point again, finished ones included, into new runs; more
+points than SLURM's MaxArraySize become several job arrays. The SLURM-side options
+(`--max-parallel`, `--template`, relaunch while jobs are queued) and arrays split under the dev
+cluster's small MaxArraySize are tested on the dev cluster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.project import ROOT
 from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
+from hpcsweep.grid.executors.slurm import SlurmExecutor, parse_max_array_size
+from hpcsweep.grid.launch import make_batches
+from hpcsweep.grid.spec import load_grid
 
 SMALL = {**TINY, "limit_train_samples": 60}  # one step of one epoch: the launch is under test, not training
 
@@ -47,7 +54,14 @@ def closed_port() -> int:
 
 
 def thousand_and_one_points(project: Path) -> Path:
-    return write_grid(project, {"name": "big", "grid": {"lr": [round(0.001 * (i + 1), 3) for i in range(1001)]}})
+    lrs = [round(0.001 * (i + 1), 3) for i in range(1001)]
+    return write_grid(project, {"name": "big", "base": {"accelerator": "cpu"}, "grid": {"lr": lrs}})
+
+
+def array_lines(scripts: list[Path]) -> list[str]:
+    return [
+        line for script in scripts for line in script.read_text().splitlines() if line.startswith("#SBATCH --array")
+    ]
 
 
 @pytest.mark.slow  # 1001 configs validated: seconds
@@ -63,11 +77,42 @@ def test_a_grid_over_1000_points_is_refused_without_yes_and_accepted_with_it(pre
     )
     assert files_under(project) == before
 
-    accepted = launch(project, grid, uri, "--dry-run", "--yes")
+    # no SLURM command on PATH (a laptop): Slurm's default MaxArraySize, 1001, takes task ids 0..1000
+    no_slurm = {**environment(uri), "PATH": str(Path(sys.executable).parent)}
+    accepted = subprocess.run(
+        grid_command(grid, "--executor", "slurm", "--dry-run", "--yes"),
+        cwd=project,
+        env=no_slurm,
+        capture_output=True,
+        text=True,
+    )
     assert accepted.returncode == 0, accepted.stderr[-2000:]
     [points_file] = project.glob("runs/big/*/points-*.json")
     assert len(json.loads(points_file.read_text())["points"]) == 1001
+    assert array_lines(list(project.glob("runs/big/*/job-*.sbatch"))) == ["#SBATCH --array=0-1000%8"]
     assert not store.exists()  # a dry run opens no store: no run was created
+
+
+def test_a_grid_over_the_clusters_max_array_size_becomes_several_arrays_in_grid_order(tmp_path):
+    spec = {"name": "huge", "base": {"accelerator": "cpu"}, "seeds": [0]}
+    grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
+    points = [dataclasses.replace(grid.points[0], index=index) for index in range(2500)]  # one shape, as seeds make
+    batches = make_batches(dataclasses.replace(grid, points=points), points, tmp_path / "launch", max_size=1001)
+    for batch in batches:
+        SlurmExecutor().prepare(batch)
+    assert array_lines([batch.script for batch in batches]) == [
+        "#SBATCH --array=0-1000%8",
+        "#SBATCH --array=0-1000%8",
+        "#SBATCH --array=0-497%8",
+    ]
+    assert [point.index for batch in batches for point in batch.points] == list(range(2500))
+    assert len({batch.points_file for batch in batches}) == 3  # task i of each array reads entry i of its own
+
+
+def test_max_array_size_is_read_from_scontrol_show_config():
+    recorded = (ROOT / "tests/fixtures/slurm/scontrol-show-config.txt").read_text()  # the dev cluster's
+    assert parse_max_array_size(recorded) == 4
+    assert parse_max_array_size("slurm_load_ctl_conf error: Unable to contact slurm controller") is None
 
 
 def test_a_tracking_server_that_does_not_answer_stops_the_launch_in_one_line_before_anything_is_written(prepared):

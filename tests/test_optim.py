@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from hpcsweep.config import LR_SCALINGS, OPTIMIZERS, SCHEDULERS
+from helpers.project import ROOT
+from hpcsweep.config import LR_SCALINGS, OPTIMIZERS, SCHEDULERS, load_config
+from hpcsweep.tracking.tags import PRECISION_USED, logged_params
 from hpcsweep.training.layerwise import Lamb, Lars
 from hpcsweep.training.optimizers import (
     LR_SCALING_RULES,
@@ -211,10 +213,30 @@ def test_build_optimizer_returns_requested_kind_with_settings() -> None:
     groups = parameter_groups(NormZoo(), 1e-4, decay_norm_and_bias=False)
     sgd = build_optimizer(groups, "sgd", 0.1, 0.9, True, 1e-4)
     assert isinstance(sgd, torch.optim.SGD)
-    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    assert all(group["nesterov"] and group["momentum"] == 0.9 for group in sgd.param_groups)
     assert [group["weight_decay"] for group in sgd.param_groups] == [1e-4, 0.0]
     assert isinstance(build_optimizer(groups, "lars", 1.0, 0.9, False, 1e-4), Lars)
     assert isinstance(build_optimizer(groups, "lamb", 1e-3, 0.0, False, 1e-4), Lamb)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_autologging_finds_no_param_of_the_run_in_the_optimizers_defaults(name: str) -> None:
+    """MLflow's Lightning autologging logs `optimizer.defaults` (with `epochs` and `optimizer_name`)
+    as params into a run that already holds hpcsweep's: the config's lr, momentum, nesterov and
+    weight_decay, logged by hpcsweep or by `mlflow run` as typed (`1e-3`, `false`). MLflow refuses
+    a param logged again with another value or spelling, and drops autologging's whole batch with
+    it. So each group carries the settings the config gives, and the defaults keep only torch's."""
+    groups = parameter_groups(NormZoo(), 5e-4, decay_norm_and_bias=False)
+    for group in groups:
+        group["lr"] = 0.4  # the lr scaled to the batch size, which is not the config's lr
+    momentum = 0.9 if name in MOMENTUM_OPTIMIZERS else 0.0
+    optimizer = build_optimizer(groups, name, 0.1, momentum, name == "sgd", 5e-4)
+    run_params = {*logged_params(load_config(ROOT / "params.yaml")), PRECISION_USED}
+    assert not run_params & {*optimizer.defaults, "epochs", "optimizer_name"}
+    assert [group["lr"] for group in optimizer.param_groups] == [0.4, 0.4]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4, 0.0]
+    if name in MOMENTUM_OPTIMIZERS:
+        assert [group["momentum"] for group in optimizer.param_groups] == [0.9, 0.9]
 
 
 # A user's optimizer settings (lr, momentum, weight decay, nesterov) are refused by config.py:

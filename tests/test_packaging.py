@@ -18,27 +18,44 @@ import pytest
 import yaml
 
 from helpers.project import ROOT
-from helpers.runs import TINY
+from helpers.runs import TINY, environment
 
 CONDA_ENV_KEYS = {"name", "channels", "dependencies"}  # what an environment.yml may hold, less prefix and variables
+PROJECT_FILES = ("MLproject", "python_env.yaml")  # what `mlflow run` reads besides the code
+# The command the README and MLproject document: offline clusters have neither conda nor a package index
+DOCUMENTED_MLFLOW_RUN = ["mlflow", "run", ".", "--env-manager", "local"]
 
 
-def test_conda_env_pins_the_same_versions_as_pyproject():
-    """`mlflow run .` (conda, its default env manager for this project) builds conda.yaml's environment.
+def project_pins() -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert all("==" in requirement for requirement in project["dependencies"])
+    assert project["requires-python"] == ">=3.11,<3.12"
+    return sorted(project["dependencies"])
 
-    No conda, mamba or micromamba is installed on the development machine or in CI, so that
-    environment is never built here. What is checked instead: MLflow's own project loader takes
-    conda.yaml as the project's conda environment; the file has the structure `conda env create`
-    reads (name, channels, dependencies: conda specs and one pip list, with `pip` itself among the
-    conda packages); python is pinned to pyproject's 3.11, in the form MLflow requires when it turns
-    the file into a virtualenv (`--env-manager virtualenv`); and the pip list is pyproject's pins.
-    """
+
+def test_python_env_is_the_projects_environment_with_pyprojects_pins():
+    """`mlflow run .` without --env-manager builds python_env.yaml with MLflow's virtualenv manager
+    (pyenv, then pip from a package index). No index is reachable in CI, so that environment is not
+    built here; MLflow's own project loader must take the file, and it must hold pyproject's pins,
+    Python 3.11 in the form pyenv resolves, and hpcsweep itself."""
     from mlflow.projects import env_type
     from mlflow.projects.utils import load_project
 
     loaded = load_project(str(ROOT))
-    assert loaded.env_type == env_type.CONDA and Path(loaded.env_config_path).resolve() == ROOT / "conda.yaml"
+    assert loaded.env_type == env_type.PYTHON and Path(loaded.env_config_path).resolve() == ROOT / "python_env.yaml"
+    python_env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
+    assert python_env["python"] == "3.11" and python_env["build_dependencies"] == ["pip"]
+    *pins, install_project = python_env["dependencies"]
+    assert sorted(pins) == project_pins() and install_project == "."
 
+
+def test_conda_env_pins_the_same_versions_as_pyproject():
+    """conda.yaml is the environment for conda users (`conda env create -f conda.yaml`, then
+    `mlflow run . --env-manager local`). No conda, mamba or micromamba is installed on the
+    development machine or in CI, so that environment is never built here. What is checked
+    instead: the file has the structure `conda env create` reads (name, channels, dependencies:
+    conda specs and one pip list, with `pip` itself among the conda packages); python is pinned
+    to pyproject's 3.11; and the pip list is pyproject's pins and hpcsweep itself."""
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     assert set(conda) == CONDA_ENV_KEYS and conda["name"] == "hpcsweep"
     assert conda["channels"] and all(isinstance(channel, str) for channel in conda["channels"])
@@ -46,12 +63,19 @@ def test_conda_env_pins_the_same_versions_as_pyproject():
     [pip_section] = [d for d in conda["dependencies"] if not isinstance(d, str)]
     assert set(pip_section) == {"pip"} and "pip" in specs
     assert all(re.fullmatch(r"[a-z0-9_.-]+(=[0-9.*]+)?", spec) for spec in specs), specs
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert sorted(pip_section["pip"]) == sorted(project["dependencies"])
-    assert all("==" in requirement for requirement in project["dependencies"])
+    *pins, install_project = pip_section["pip"]
+    assert sorted(pins) == project_pins() and install_project == "-e ."
     assert [spec for spec in specs if spec.startswith("python")] == ["python=3.11"]
-    assert project["requires-python"] == ">=3.11,<3.12"
+
+
+def test_every_documented_mlflow_run_names_the_env_manager_that_works_offline():
+    documented = [
+        line.strip()
+        for path in (ROOT / "README.md", ROOT / "MLproject")
+        for line in path.read_text().splitlines()
+        if "mlflow run " in line and "-e " in line
+    ]
+    assert documented and all(" --env-manager local" in line for line in documented), documented
 
 
 TORCH_PACKAGES = ("torch", "torchvision")
@@ -157,49 +181,37 @@ def test_cli_imports_prepares_and_reports_user_errors_in_one_line(project, synth
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.slow
-def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # earlier tests' runs
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}"
-    )
-    for name in ("MLproject", "conda.yaml", "params.yaml"):
-        (project / name).unlink(missing_ok=True)
-    for name in ("MLproject", "conda.yaml"):
+def copy_mlflow_project(project: Path) -> None:
+    """The files `mlflow run .` reads into `project`, beside its params.yaml; the code linked, not copied."""
+    for name in PROJECT_FILES:
         (project / name).write_text((ROOT / name).read_text())
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "src").symlink_to(ROOT / "src")
-    for entry, extra in (("download", ["-P", f"archive={synthetic_archive}"]), ("prepare", [])):
-        done = subprocess.run(
-            ["mlflow", "run", ".", "-e", entry, "--env-manager", "local", *extra],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-    assert (project / "data/prepared/stats.json").is_file()
 
 
 def mlflow_run(project: Path, entry: str, *parameters: str) -> subprocess.CompletedProcess:
-    """`mlflow run . -e ENTRY` in the current environment, logging to a SQLite store in `project`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # earlier tests' runs
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}", PATH=f"{Path(sys.executable).parent}:{env['PATH']}"
-    )
-    command = ["mlflow", "run", ".", "-e", entry, "--env-manager", "local"]
-    command += [arg for parameter in parameters for arg in ("-P", parameter)]
+    """The documented `mlflow run . -e ENTRY` in `project`, logging to a SQLite store there."""
+    command = [*DOCUMENTED_MLFLOW_RUN, "-e", entry, *(arg for parameter in parameters for arg in ("-P", parameter))]
+    env = environment(f"sqlite:///{project / 'mlflow.db'}")
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(params))  # the project's own relative data paths
+    copy_mlflow_project(project)
+    for entry, parameters in (("download", [f"archive={synthetic_archive}"]), ("prepare", [])):
+        done = mlflow_run(project, entry, *parameters)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (project / "data/prepared/stats.json").is_file()
 
 
 @pytest.mark.slow
 def test_mlproject_grid_and_report_entry_points_run_a_grid_and_report_on_it(prepared):
     project = prepared.parent.parent
-    for name in ("MLproject", "conda.yaml"):
-        (project / name).write_text((ROOT / name).read_text())
-    (project / "src").symlink_to(ROOT / "src")
-    grid = {"name": "entry", "experiment": "entry-study", "base": {**TINY, "limit_train_samples": 60}, "seeds": [0]}
+    copy_mlflow_project(project)
+    base = {**TINY, "limit_train_samples": 60, "base_batch_size": 30}  # the lr is scaled: not the config's
+    grid = {"name": "entry", "experiment": "entry-study", "base": base, "seeds": [0]}
     (project / "entry.yaml").write_text(yaml.safe_dump(grid))
 
     done = mlflow_run(project, "grid", "gridfile=entry.yaml")
@@ -212,20 +224,40 @@ def test_mlproject_grid_and_report_entry_points_run_a_grid_and_report_on_it(prep
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     runs = {run.data.tags["hpcsweep.role"]: run for run in client.search_runs(experiments, "tags.grid = 'entry'")}
-    assert runs["point"].info.status == "FINISHED" and runs["point"].data.params["seed"] == "0"
+    point = runs["point"].data.params
+    assert runs["point"].info.status == "FINISHED" and point["seed"] == "0"
+    # autologging's params, which a clash with the launcher's would drop silently on SQLite
+    assert (point["epochs"], point["optimizer_name"], point["dampening"]) == ("1", "SGD", "0")
     uploaded = {artifact.path for artifact in client.list_artifacts(runs["launch"].info.run_id, "report")}
     assert "report/summary.json" in uploaded  # the report of this grid, on its launch run
 
 
-def test_mlproject_train_parameters_are_every_train_key_with_params_yaml_defaults():
+# The MLproject's train parameters for keys outside `train`, and the keys they set
+SECTION_PARAMETERS = {
+    "loader": "data.loader",
+    "prepared_dir": "data.prepared_dir",
+    "checkpoint_dir": "tracking.checkpoint_dir",
+    "system_metrics": "tracking.system_metrics",
+}
+
+
+def test_mlproject_train_parameters_are_every_train_key_and_the_other_keys_users_set():
+    """`mlflow run` logs every parameter, defaults included, before hpcsweep logs its params, and a
+    logged param never changes: a parameter hpcsweep logs defaults to params.yaml's value, the
+    others to "null", which passes no `-s` and so keeps params.yaml's value."""
     from hpcsweep.config import load_config
+    from hpcsweep.tracking.tags import logged_params
 
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train"]
-    defaults = load_config(ROOT / "params.yaml").train
-    assert list(entry["parameters"]) == [f.name for f in dataclasses.fields(defaults)]
+    config = load_config(ROOT / "params.yaml")
+    assert list(entry["parameters"]) == [f.name for f in dataclasses.fields(config.train)] + list(SECTION_PARAMETERS)
+    logged = logged_params(config)
     for name, spec in entry["parameters"].items():
-        assert yaml.safe_load(str(spec["default"])) == getattr(defaults, name), name
-        assert f"-s {name}={{{name}}}" in entry["command"], name
+        assert f"-s {SECTION_PARAMETERS.get(name, name)}={{{name}}}" in entry["command"], name
+        if name in logged:
+            assert yaml.safe_load(str(spec["default"])) == logged[name], name
+        else:
+            assert spec["default"] == "null" and f'[ "{{{name}}}" = "null" ] ||' in entry["command"], name
 
 
 def test_no_private_mlflow_name_is_imported():

@@ -44,7 +44,20 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     grid = write_grid(slurm_project, spec)
     done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("submitted job array") == 3  # shapes: 1x1, 1 node x 2 tasks, 2 nodes x 1
+    # shapes: 1x1 (5 points: over the dev cluster's MaxArraySize of 4, so two arrays), 1 node x 2 tasks, 2 nodes x 1
+    assert done.stdout.count("submitted job array") == 4
+    arrays = sorted(
+        line
+        for script in slurm_project.glob(f"runs/{name}/*/job-*.sbatch")
+        for line in script.read_text().splitlines()
+        if "--array" in line
+    )
+    assert arrays == [
+        "#SBATCH --array=0-0%8",
+        "#SBATCH --array=0-0%8",
+        "#SBATCH --array=0-0%8",
+        "#SBATCH --array=0-3%8",
+    ]
     wait_until(lambda: settled(tracking_server, name, 7), 600, "all 7 jobs to end")
     runs = children(tracking_server, name)
     assert (
@@ -177,9 +190,12 @@ def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tr
     done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
     wait_until(lambda: any(r.info.status == "RUNNING" for r in children(tracking_server, name)), 300, "a running job")
-    cancel = hpcsweep(["cancel", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
-    assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
     job = children(tracking_server, name)[0].data.tags["slurm_job_id"]
+    cancel = hpcsweep(
+        ["cancel", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server), input="y\n"
+    )
+    assert cancel.returncode == 0 and "2 runs marked KILLED" in cancel.stdout
+    assert cancel.stdout.startswith(f"grid {name}: scancel job arrays {job}; mark 2 runs KILLED (")
     wait_until(
         lambda: (
             not subprocess.run(

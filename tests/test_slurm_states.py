@@ -68,12 +68,21 @@ def time_out(task: str, uri: str) -> None:
     slurm("scontrol", "update", f"JobId={task}", "Requeue=0", "TimeLimit=0", uri=uri)
 
 
-def status_by_run(name: str, project: Path, uri: str) -> tuple[dict[str, tuple[str, str]], str]:
-    """`hpcsweep status` as {run id: (MLflow status, SLURM state)} and its summary line."""
+def status_by_run(name: str, project: Path, uri: str) -> tuple[dict[str, tuple[str, str, str | None]], str]:
+    """`hpcsweep status` as {run id: (MLflow status, SLURM state, log path or None)} and its summary line;
+    a point that did not finish has its task's log on the line below its row."""
     done = hpcsweep(["status", name], project, uri, env=environment_with_slurm(uri))
     assert done.returncode == 0, done.stderr
-    header, *rows, summary = done.stdout.splitlines()
-    return {fields[3]: (fields[0], fields[1]) for fields in (row.split() for row in rows)}, summary
+    header, *lines, summary = done.stdout.splitlines()
+    rows, above = {}, None
+    for line in lines:
+        fields = line.split(maxsplit=1)
+        if fields[0] == "log:":  # the row above did not finish: where its task logged
+            rows[above] = (*rows[above][:2], fields[1])
+        else:
+            status, state, _, above, *_ = line.split()
+            rows[above] = (status, state, None)
+    return rows, summary
 
 
 def memory_enforced(uri: str) -> bool:
@@ -147,11 +156,15 @@ def test_status_shows_timeout_and_out_of_memory_of_a_grid_run_with_a_site_templa
     time_out(f"{array}_0", uri)
     wait_until(lambda: settled(uri, name, 4), 300, "every job to end")
     rows, summary = status_by_run(name, slurm_project, uri)
-    assert {run: state for run, (_, state) in rows.items()} == {
+    assert {run: state for run, (_, state, _) in rows.items()} == {
         long.info.run_id: "TIMEOUT",
         quick.info.run_id: "COMPLETED",
         relaunched.info.run_id: "OUT_OF_MEMORY",
     }
-    assert rows[quick.info.run_id][0] == "FINISHED"
+    assert rows[quick.info.run_id][0] == "FINISHED" and rows[quick.info.run_id][2] is None
+    # each task that did not finish: its own log, the --output pattern resolved for its array and task
+    for run, job in ((long, array), (relaunched, relaunched.data.tags["slurm_job_id"])):
+        [log] = slurm_project.glob(f"runs/{name}/*/logs/{job}_0.out")
+        assert rows[run.info.run_id][2] == str(log.resolve())
     assert summary == "3 points: 1 COMPLETED, 1 OUT_OF_MEMORY, 1 TIMEOUT"
     assert f"{MARKER} " in next(slurm_project.glob(f"runs/{name}/*/logs/{array}_1.out")).read_text()

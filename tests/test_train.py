@@ -26,7 +26,7 @@ def experiment() -> str:
 
 def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_server, experiment):
     project = prepared.parent.parent
-    for name in ("MLproject", "conda.yaml"):
+    for name in ("MLproject", "python_env.yaml"):
         (project / name).write_text((ROOT / name).read_text())
     (project / "src").symlink_to(ROOT / "src")
     command = [
@@ -40,7 +40,11 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
         "--experiment-name",
         experiment,
         "-P",
-        "max_epochs=2",
+        "max_epochs=2.0",  # MLflow has no integer type: a float spelling must do
+        "-P",
+        "nesterov=false",  # as typed here; autologging would log False
+        "-P",
+        f"checkpoint_dir={project / 'runs'}",
         "-P",
         "warmup_epochs=0",
         "-P",
@@ -61,6 +65,12 @@ def test_mlflow_run_trains_into_exactly_one_complete_run(prepared, tracking_serv
     [run] = runs_of(tracking_server, experiment)
     assert run.info.status == "FINISHED"
     params = run.data.params
+    # every write went through the run folder's spool and none was refused: autologging's params
+    # (the optimizer's settings, `epochs`) beside mlflow run's `lr=1e-3`, as typed
+    folder = project / "runs" / run.info.run_id  # -P checkpoint_dir
+    assert folder.is_dir() and not (folder / "mlflow-spool.rejected").exists()
+    assert (params["lr"], params["nesterov"], params["max_epochs"]) == ("1e-3", "false", "2.0")
+    assert (params["epochs"], params["optimizer_name"], params["eps"]) == ("2", "Adam", "1e-08")
     assert params["optimizer"] == "adam" and params["batch_size"] == "60" and params["model"] == "resnet20"
     assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0, 1]
     assert history(tracking_server, run.info.run_id, "time_to_target_s")[0][0] == 0

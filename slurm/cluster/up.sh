@@ -261,7 +261,9 @@ InactiveLimit=0
 KillWait=5
 Waittime=0
 MinJobAge=300
-MaxArraySize=10001
+# Small on purpose: a grid with more points of one shape becomes several job arrays, and the
+# cluster tests run that path with a handful of points (a real site's default is 1001).
+MaxArraySize=4
 MaxJobCount=50000
 
 EOF

@@ -1,68 +1,32 @@
 """The `hpcsweep` command: parse, load the config, call one function.
 
 Every command takes `--params FILE` and repeatable `-s key=value` overrides, so the same words
-work here, in MLproject entry points and in grid files. A `UserError` becomes one line on
-stderr and exit code 1; anything else is a bug and keeps its traceback.
+work here, in MLproject entry points and in grid files (cli_options.py); the grid commands live
+in cli_grid.py. Each command's docstring opens with one short sentence: the command list shows it
+whole. Shell completion is click's: `eval "$(_HPCSWEEP_COMPLETE=bash_source hpcsweep)"`.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
+from hpcsweep.cli_grid import COMMANDS as GRID_COMMANDS
+from hpcsweep.cli_options import CONTEXT_SETTINGS, Group, config_options
 from hpcsweep.errors import UserError
 from hpcsweep.telemetry import disable_by_default
 
 
-class Group(click.Group):
-    """A click group that reports user mistakes as one line, not a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as error:
-            raise click.ClickException(str(error)) from None
-
-
-# One option for every command, the grid's included, so that all of them find the same file
-params_option = click.option(
-    "--params",
-    type=click.Path(dir_okay=False),
-    help="Params file [$HPCSWEEP_PARAMS, else params.yaml here or in a folder above, within the project].",
-)
-
-
-def config_options(command):
-    """Add --params and -s/--set to a command and hand it the loaded `Config` as `config`."""
-
-    @params_option
-    @click.option(
-        "-s",
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override a key: bare keys are train keys (-s optimizer=adam), dotted keys any section.",
-    )
-    @functools.wraps(command)
-    def wrapper(params: str | None, overrides: tuple[str, ...], **kwargs):
-        from hpcsweep.config import load_config
-        from hpcsweep.tracking.credentials import load_secrets
-
-        config = load_config(params, overrides)
-        load_secrets(config.tracking.secrets_file)
-        return command(config=config, **kwargs)
-
-    return wrapper
-
-
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="hpcsweep")
 def main() -> None:
     """Training-efficiency studies of ResNet on CIFAR-10, from a laptop to a SLURM cluster."""
     disable_by_default()  # before any command imports mlflow; jobs and servers inherit it
+
+
+for grid_command in GRID_COMMANDS:
+    main.add_command(grid_command)
 
 
 @main.command()
@@ -74,7 +38,9 @@ def main() -> None:
 )
 @config_options
 def download(config, out: Path | None, archive: Path | None) -> None:
-    """Download CIFAR-10 (md5-checked, resumable) or import a local archive (structure-checked)."""
+    """Download or import the CIFAR-10 archive.
+
+    Downloads it (md5-checked, resumable) or imports a local archive (structure-checked)."""
     from hpcsweep.data import cifar10
 
     out = out or Path(config.data.raw_dir)
@@ -92,7 +58,9 @@ def download(config, out: Path | None, archive: Path | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [data.prepared_dir].")
 @config_options
 def prepare(config, raw: Path | None, out: Path | None) -> None:
-    """Validate the archive and write uint8 tensors plus per-channel stats."""
+    """Turn the archive into tensors for training.
+
+    Validates the archive and writes uint8 tensors plus per-channel stats."""
     from hpcsweep.data.prepare import prepare as prepare_data
 
     prepare_data(raw or Path(config.data.raw_dir), out or Path(config.data.prepared_dir))
@@ -106,7 +74,9 @@ def prepare(config, raw: Path | None, out: Path | None) -> None:
 )
 @config_options
 def train(config, metrics_out: Path | None) -> None:
-    """Train a ResNet on the prepared CIFAR-10 into one MLflow run (resumes an interrupted one)."""
+    """Train one ResNet on CIFAR-10 into MLflow.
+
+    Trains on the prepared data into one MLflow run (resumes an interrupted one)."""
     import os
 
     from hpcsweep.ranks import global_rank
@@ -126,7 +96,9 @@ def train(config, metrics_out: Path | None) -> None:
 @main.command()
 @config_options
 def doctor(config) -> None:
-    """Versions, GPUs, Slurm, tracking server, prepared data; exit 1 on anything that would fail a training."""
+    """Check that a training can run here.
+
+    Versions, GPUs, Slurm, tracking server, prepared data; exit 1 on anything that would fail a training."""
     from hpcsweep.hardware.doctor import diagnose
 
     diagnosis = diagnose(config)
@@ -134,101 +106,6 @@ def doctor(config) -> None:
         click.echo(line)
     if diagnosis.problems:
         raise click.exceptions.Exit(1)
-
-
-@main.command()
-@click.argument("gridfile", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
-@click.option(
-    "--dry-run", is_flag=True, help="Write job scripts and point files, print where; submit and create nothing."
-)
-@click.option(
-    "--max-parallel", type=click.IntRange(min=1), help="At most N tasks of an array at once [slurm.max_parallel]."
-)
-@click.option("--experiment", help="MLflow experiment [the grid file's experiment].")
-@click.option(
-    "--template",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A site's job-script template with ${directives}, ${setup}, ${command}.",
-)
-@click.option("--rerun", is_flag=True, help="Run every point again, even those with a finished run.")
-@click.option("--yes", is_flag=True, help="Allow grids over 1000 points.")
-@params_option
-@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every point.")
-def grid(
-    gridfile: Path,
-    executor: str,
-    dry_run: bool,
-    max_parallel: int | None,
-    experiment: str | None,
-    template: Path | None,
-    rerun: bool,
-    yes: bool,
-    params: str | None,
-    overrides: tuple[str, ...],
-) -> None:
-    """Run every point of GRIDFILE here (local) or as SLURM job arrays, into one MLflow experiment."""
-    import shlex
-    import sys
-
-    from hpcsweep.config import parse_overrides
-    from hpcsweep.grid.executors import EXECUTORS
-    from hpcsweep.grid.executors.base import ExecutorSettings
-    from hpcsweep.grid.launch import LaunchOptions, launch
-    from hpcsweep.grid.spec import MAX_POINTS_WITHOUT_YES, load_grid
-    from hpcsweep.params_file import find_params
-    from hpcsweep.tracking.credentials import load_secrets
-
-    size_limit = None if yes else MAX_POINTS_WITHOUT_YES  # counted from the axes, before any point is built
-    loaded = load_grid(gridfile, find_params(params), parse_overrides(overrides), experiment, max_points=size_limit)
-    from_file = load_secrets(loaded.points[0].config.tracking.secrets_file)
-    settings = ExecutorSettings(
-        template=template.read_text() if template else None, max_parallel=max_parallel, secrets_from_file=from_file
-    )
-    options = LaunchOptions(
-        executor=EXECUTORS[executor](settings),
-        dry_run=dry_run,
-        rerun=rerun,
-        command=shlex.join(["hpcsweep", *sys.argv[1:]]),
-    )
-    launch(loaded, options)
-
-
-@main.command()
-@click.argument("gridname")
-@config_options
-def status(config, gridname: str) -> None:
-    """One row per point of grid GRIDNAME: MLflow status, SLURM state, last val/acc."""
-    from hpcsweep.grid.status import status_rows, summary
-    from hpcsweep.tracking.client import tracking_client
-
-    rows = status_rows(tracking_client(config), gridname)
-    click.echo(f"{'run':<10} {'slurm':<14} {'val/acc':>7}  {'run id':<32}  point")
-    for row in rows:
-        click.echo(row.line())
-    click.echo(summary(rows))
-
-
-@main.command()
-@click.argument("gridname")
-@config_options
-def cancel(config, gridname: str) -> None:
-    """scancel the job arrays of grid GRIDNAME and mark its scheduled and running runs KILLED."""
-    from hpcsweep.grid.status import cancel_grid
-    from hpcsweep.tracking.client import tracking_client
-
-    killed = cancel_grid(tracking_client(config), gridname)
-    click.echo(f"{gridname}: cancelled; {len(killed)} runs marked KILLED")
-
-
-@main.command("run-point", hidden=True)
-@click.argument("points_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("index", type=int)
-def run_point(points_file: Path, index: int) -> None:
-    """Train entry INDEX of a launch's points file into its pre-created run (what each job task runs)."""
-    from hpcsweep.grid.task import run_point as run_grid_point
-
-    run_grid_point(points_file, index)
 
 
 @main.command()
@@ -248,7 +125,9 @@ def run_point(points_file: Path, index: int) -> None:
 )
 @config_options
 def report(config, experiment: str | None, grid_name: str | None, out: Path, target_accuracy: float | None) -> None:
-    """Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
+    """Compare runs: which configurations win.
+
+    Table, Pareto front, plots and a recommendation from the runs of an experiment or a grid."""
     from hpcsweep.report.build import build_report, check_out_dir
     from hpcsweep.tracking.client import tracking_client
 
@@ -273,7 +152,7 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
     "[tracking.artifacts_destination]; S3 keys from AWS_*, endpoint from MLFLOW_S3_ENDPOINT_URL.",
 )
 @click.option("--host", help="Address to listen on [tracking.host].")
-@click.option("--port", type=click.IntRange(1, 65535), help="[tracking.port]")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on [tracking.port].")
 @click.option("--workers", type=click.IntRange(min=1), help="Server worker processes [tracking.workers].")
 @click.option(
     "--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs)."
@@ -300,7 +179,9 @@ def server(
     tls_cert,
     tls_key,
 ) -> None:
-    """Check the database, the bucket and the port, then run the shared MLflow tracking server."""
+    """Run the shared MLflow tracking server.
+
+    Checks the database, the bucket and the port first."""
     from hpcsweep.tracking.server import ServerOptions, check_no_password, serve
 
     if backend_store_uri:
@@ -331,7 +212,9 @@ def server(
 )
 @config_options
 def sync(config, path: Path | None, tracking_uri: str | None) -> None:
-    """Send what trainings could not log while the server was away (spools under PATH
+    """Send what trainings could not log yet.
+
+    Sends what trainings spooled while the server was away (spools under PATH
     [tracking.checkpoint_dir]); what the server already has is never sent again."""
     from hpcsweep.tracking.client import configured_server
     from hpcsweep.tracking.sync import sync_failure, sync_spools

@@ -10,6 +10,12 @@ ValueError only on programming errors.
 Overrides: a bare key names the `train` section (`-s optimizer=adam`), a dotted key any section
 (`-s data.archive=PATH`); values are parsed as YAML scalars, so `-s data.archive=null` is None.
 Relative paths in a params file are relative to its folder (params_file.py); in -s, to the cwd.
+
+YAML 1.2, as DVC reads and writes params.yaml: `dvc exp run -S` rewrites the file and drops the
+quotes of `time: "10:00:00"`, which YAML 1.1 (PyYAML) would read as the integer 36000. Where the
+two versions read a plain scalar differently, 1.2's reading is a string that the key's type check
+refuses or accepts as written (`yes`, `on`, `1:30`), or a number 1.1 left as a string (`1e-3`),
+except for one: a leading-zero integer is octal in 1.1 and decimal in 1.2, so it is refused.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+import ruamel.yaml
+from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import ScalarNode
 
 from hpcsweep.config_rules import check_value, rule
 from hpcsweep.errors import UserError
@@ -90,6 +100,7 @@ class TrackingConfig:
     uri: str | None
     experiment: str = rule(pattern=r"\S.*", hint="a non-empty name")
     system_metrics: bool = rule()
+    log_model: bool = rule()
     checkpoint_dir: str = rule(pattern=r"\S.*", hint="a folder")
     flush_timeout_s: float = rule(ge=0)
     secrets_file: str | None
@@ -155,16 +166,40 @@ def read_params_file(path: Path) -> dict[str, Any]:
     return beside_the_file(read_yaml_mapping(path, f"a mapping with sections {', '.join(SECTIONS)}"), path.parent)
 
 
+class Yaml12Constructor(SafeConstructor):
+    """YAML 1.2's safe reading, refusing the integers YAML 1.1 reads as another number."""
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        # A `%YAML 1.1` document says which reading it means; only 1.2's is ambiguous
+        if self.resolver.processing_version > (1, 1) and re.fullmatch(r"[-+]?0[0-9_]+", node.value):
+            raise ConstructorError(
+                problem=f"{node.value} is octal in YAML 1.1 and decimal in YAML 1.2: write it without leading zeros "
+                f"(or 0o{node.value.lstrip('+-0')} for octal)",
+                problem_mark=node.start_mark,
+            )
+        return super().construct_yaml_int(node)
+
+
+Yaml12Constructor.add_constructor("tag:yaml.org,2002:int", Yaml12Constructor.construct_yaml_int)
+
+
+def parse_yaml(text: str) -> Any:
+    """`text` read as YAML 1.2 (plain Python dicts, lists and scalars); raises ruamel's YAMLError."""
+    reader = ruamel.yaml.YAML(typ="safe", pure=True)
+    reader.Constructor = Yaml12Constructor
+    return reader.load(text)
+
+
 def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (params, grid files); errors name the file and line."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = parse_yaml(Path(path).read_text())
     except OSError as error:
         raise UserError(f"{path}: cannot read ({error.strerror})") from None
-    except yaml.MarkedYAMLError as error:
+    except MarkedYAMLError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else "?"
         raise UserError(f"{path}:{line}: invalid YAML: {error.problem}") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise UserError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected {expected}")
@@ -172,15 +207,17 @@ def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """`key=value` strings to {key: value}, values parsed as YAML scalars."""
+    """`key=value` strings to {key: value}, values parsed as YAML 1.2 scalars (text that is not YAML stays text)."""
     parsed = {}
     for assignment in overrides:
         key, sep, text = assignment.partition("=")
         if not sep or not key:
             raise UserError(f"-s {assignment!r}: expected key=value, e.g. -s optimizer=adam or -s data.archive=PATH")
         try:
-            parsed[key] = yaml.safe_load(text)
-        except yaml.YAMLError:
+            parsed[key] = parse_yaml(text)
+        except ConstructorError as error:
+            raise UserError(f"-s {assignment}: {error.problem}") from None
+        except YAMLError:
             parsed[key] = text
     return parsed
 

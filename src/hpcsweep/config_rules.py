@@ -4,7 +4,9 @@ config.py declares each field's rule (`rule(ge=0)`, `rule(choices=...)`, `rule(p
 calls `check_value` on every value it reads; this module holds that machinery so that config.py
 stays the schema and the loading. Errors are one line: the label config.py builds (where the value
 came from, the key and the value), then what would be valid. Floats must be finite: `.inf` or
-`.nan` read as numbers in YAML, and pass every bound check `nan` is compared with.
+`.nan` read as numbers in YAML, and pass every bound check `nan` is compared with. An integral
+float (2.0) is an integer: MLproject parameters have no integer type, so `mlflow run -P
+max_epochs=2.0` is how many users spell one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def rule(
 
 
 def check_value(value: Any, annotation: Any, constraints: typing.Mapping, label: str) -> Any:
-    """Return the value (ints widened to float where a float is wanted) or raise naming the label."""
+    """Return the value (ints widened to float where a float is wanted, integral floats narrowed to
+    int where an integer is) or raise naming the label."""
     options = typing.get_args(annotation) if is_union(annotation) else (annotation,)
     if value is None:
         if type(None) in options:
@@ -48,6 +51,8 @@ def check_value(value: Any, annotation: Any, constraints: typing.Mapping, label:
         raise UserError(f"{label}: a value is required ({describe(annotation)})")
     if float in options and isinstance(value, str) and re.fullmatch(YAML12_FLOAT, value):
         value = float(value)
+    if int in options and isinstance(value, float) and value.is_integer():
+        value = int(value)
     for option in options:
         if typing.get_origin(option) is Literal:
             if value in typing.get_args(option):

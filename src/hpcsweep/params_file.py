@@ -14,6 +14,12 @@ relative SQLite `tracking.uri`, and the default SQLite store `mlflow.db` when ne
 `tracking.uri` nor MLFLOW_TRACKING_URI names one) mean paths beside the file, so every folder of
 a project reads and writes the same data, checkpoints and runs. In the file's own folder they are
 left as written, as DVC stages and every earlier run saw them.
+
+`dvc exp run --temp` and `--queue` run the pipeline in a copy of the project under
+`.dvc/tmp/exps/`, deleted afterwards. There, DVC's own outputs (`data.raw_dir`,
+`data.prepared_dir`) stay in the copy, where DVC collects them, but what lives outside DVC (the
+archive to import, the MLflow store, checkpoints, the secrets file) means the project's own: the
+copy's runs land in the project's mlflow.db. DVC names the project in DVC_ROOT for every stage.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ BOUNDARIES = (".git", ".dvc")
 DEFAULT_URI = "sqlite:///mlflow.db"
 SQLITE_PREFIX = "sqlite:///"
 PATH_KEYS = {"data": ("archive", "raw_dir", "prepared_dir"), "tracking": ("checkpoint_dir", "secrets_file")}
+# The paths a DVC experiment's copy shares with its project (the module docstring says why)
+PROJECT_PATH_KEYS = {"data.archive", "tracking.checkpoint_dir", "tracking.secrets_file"}
+# Where `dvc exp run --temp/--queue` copies the project (dvc/repo/experiments/executor/local.py)
+DVC_EXPERIMENT_COPIES = Path(".dvc", "tmp", "exps")
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +87,37 @@ def name_if_elsewhere(path: Path) -> Path:
 
 
 def beside_the_file(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """`raw` (a params mapping, not modified) with its relative paths made absolute against `folder`."""
-    folder = folder.resolve()
-    if folder == Path.cwd().resolve():
+    """`raw` (a params mapping, not modified) with its relative paths made absolute against `folder`,
+    or against the project's folder for the paths a DVC experiment's copy shares with it."""
+    folder, here = folder.resolve(), Path.cwd().resolve()
+    project = project_folder(folder)
+    if folder == project == here:
         return raw
     fitted = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
     for section, keys in PATH_KEYS.items():
         values = fitted.get(section)
         for key in keys if isinstance(values, dict) else ():
+            base = project if f"{section}.{key}" in PROJECT_PATH_KEYS else folder
             # An empty or non-string value stays as it is, for validation to name it; ~ is the home folder
-            if isinstance(values.get(key), str) and values[key].strip() and not values[key].startswith("~"):
-                values[key] = str(folder / values[key])
+            if base != here and isinstance(values.get(key), str) and values[key].strip() and values[key][0] != "~":
+                values[key] = str(base / values[key])
     tracking = fitted.get("tracking")
-    if isinstance(tracking, dict):
+    if isinstance(tracking, dict) and project != here:
         # tracking.uri wins over MLFLOW_TRACKING_URI, so the default is filled in only when neither is set
         uri = tracking.get("uri") or (None if os.environ.get("MLFLOW_TRACKING_URI") else DEFAULT_URI)
         if isinstance(uri, str):
-            tracking["uri"] = sqlite_beside(uri, folder)
+            tracking["uri"] = sqlite_beside(uri, project)
     return fitted
+
+
+def project_folder(folder: Path) -> Path:
+    """`folder` (resolved), or in a DVC experiment's copy of the project the folder it is a copy of."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if not dvc_root or not folder.is_relative_to(Path(dvc_root).resolve() / DVC_EXPERIMENT_COPIES):
+        return folder
+    # The copy's DVC root (its .dvc folder) stands for DVC_ROOT; below it the two trees are the same
+    copy_root = next((parent for parent in (folder, *folder.parents) if (parent / ".dvc").is_dir()), None)
+    return Path(dvc_root).resolve() / folder.relative_to(copy_root) if copy_root else folder
 
 
 def sqlite_beside(uri: str, folder: Path) -> str:

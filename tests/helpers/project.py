@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,10 @@ def copy_project_sources(destination: Path, *names: str) -> None:
             shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, destination / name)
+
+
+def commit_all(folder: Path, *paths: str) -> str:
+    """Make `folder` a git work tree with `paths` committed; returns the commit."""
+    for command in (["init", "-q"], ["add", *paths], ["commit", "-qm", "project"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=folder, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True).stdout.strip()

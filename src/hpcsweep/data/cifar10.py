@@ -2,7 +2,8 @@
 
 Two ways in, one place out (`raw_dir/cifar-10-python.tar.gz`):
 - `download`: the official tarball over HTTP, resumed from a `.part` file after an interrupted
-  transfer, md5-checked before it is renamed into place.
+  transfer, md5-checked before it is renamed into place; a bar on a terminal, a line every tenth
+  of the way in a log.
 - `import_archive`: a local archive for offline clusters (or one rebuilt from another copy of the
   data). Its md5 cannot be the official one, so its whole structure is checked instead.
 
@@ -17,6 +18,7 @@ import hashlib
 import io
 import pickle
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
@@ -219,13 +222,52 @@ def fetch_resuming(url: str, partial: Path) -> None:
     with response:
         resumed = response.status == 206
         expected = int(response.headers.get("Content-Length", -1))
+        already = offset if resumed else 0
+        total = already + expected if expected >= 0 else None
         received = 0
-        with open(partial, "ab" if resumed else "wb") as out:
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            download_progress(partial.stem, total, already) as progress,
+        ):
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 received += len(chunk)
+                progress.update(len(chunk))
     if 0 <= received < expected:
         raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+
+
+def download_progress(name: str, total: int | None, already: int):
+    """A context whose `update(bytes)` shows the transfer: tqdm's bar where stderr is a terminal,
+    else TenthLines (a bar's carriage returns would fill a job log)."""
+    if sys.stderr.isatty():
+        return tqdm(desc=name, total=total, initial=already, unit="B", unit_scale=True)
+    return TenthLines(name, total, already)
+
+
+class TenthLines:
+    """`downloading NAME: 40% (68.2 of 170.5 MB)` each time another tenth of `total` bytes has
+    arrived; nothing when the size is unknown (the closing `downloaded ...` line says it ended)."""
+
+    def __init__(self, name: str, total: int | None, already: int) -> None:
+        self.name, self.total, self.done = name, total, already
+        self.tenths_shown = self.tenths()
+
+    def tenths(self) -> int:
+        return 10 * self.done // self.total if self.total else 0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self.tenths() > self.tenths_shown:
+            self.tenths_shown = self.tenths()
+            megabytes = f"{self.done / 1e6:.1f} of {self.total / 1e6:.1f} MB"
+            print(f"downloading {self.name}: {100 * self.done // self.total}% ({megabytes})", flush=True)
+
+    def __enter__(self) -> TenthLines:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        """Nothing to close: a line is whole once printed."""
 
 
 def file_md5(path: Path) -> str:

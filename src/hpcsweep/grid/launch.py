@@ -6,7 +6,8 @@ the prepared data is where jobs will read it, the grid is not accidentally huge,
 would accept the jobs), so a mistake costs one error line instead of a hundred dead jobs. Then:
 the launch folder (points files, job scripts, logs; a new one per launch, even two in the same
 second), the parent and child runs, and one batch per resource shape handed to the executor (one
-sbatch each under SLURM). Messages show the tracking URI redacted. A relaunch skips points that
+sbatch each under SLURM; a shape with more points than the scheduler's largest job array becomes
+several batches). Messages show the tracking URI redacted. A relaunch skips points that
 already have a FINISHED run (or a live job) and resubmits failed and killed ones into new runs.
 """
 
@@ -23,16 +24,18 @@ from pathlib import Path
 
 import mlflow
 
-from hpcsweep.atomic import atomic_file
+from hpcsweep.atomic import FILE_MODE, PRIVATE, atomic_file
 from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch, Executor
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
+from hpcsweep.tracking.credentials import redact_text
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16
+SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,25 @@ def shape_of(point: Point) -> tuple:
     return (train.num_nodes, train.devices, train.accelerator == "gpu", json.dumps(dataclasses.asdict(resources)))
 
 
-def make_batches(grid: Grid, points: list[Point], folder: Path) -> list[Batch]:
-    """One batch per resource shape, its points in grid order."""
-    ordered = sorted(points, key=shape_of)
-    return [
-        Batch(number, grid.name, sorted(group, key=lambda p: p.index), folder)
-        for number, (_, group) in enumerate(groupby(ordered, key=shape_of))
-    ]
+def make_batches(grid: Grid, points: list[Point], folder: Path, max_size: int | None) -> list[Batch]:
+    """One batch per resource shape, its points in grid order, cut into batches of at most `max_size`
+    points (None: any number)."""
+    shapes = [sorted(group, key=lambda p: p.index) for _, group in groupby(sorted(points, key=shape_of), key=shape_of)]
+    chunks = [chunk for shape in shapes for chunk in cut(shape, max_size or len(shape))]
+    return [Batch(number, grid.name, chunk, folder) for number, chunk in enumerate(chunks)]
+
+
+def cut(points: list[Point], size: int) -> list[list[Point]]:
+    """`points` in order, in runs of at most `size`."""
+    return [points[start : start + size] for start in range(0, len(points), size)]
 
 
 def write_points_file(batch: Batch, run_ids: dict[int, str]) -> None:
-    with atomic_file(batch.points_file) as temporary:
-        temporary.write_text(grid_runs.points_document(batch.grid_name, batch.points, run_ids))
+    """Readable as the umask allows, unless it holds a secret: jobs read the tracking URI here, and one
+    taken from MLFLOW_TRACKING_URI may carry a password."""
+    document = grid_runs.points_document(batch.grid_name, batch.points, run_ids)
+    with atomic_file(batch.points_file, mode=PRIVATE if redact_text(document) != document else FILE_MODE) as temporary:
+        temporary.write_text(document)
 
 
 def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOptions) -> list[Point]:
@@ -123,9 +133,10 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
     )
     preflight(grid, options)
     executor = options.executor
+    max_batch_size = executor.max_batch_size()
     if options.dry_run:
         folder = new_launch_folder(grid.name)
-        batches = make_batches(grid, grid.points, folder)
+        batches = make_batches(grid, grid.points, folder, max_batch_size)
         for batch in batches:
             write_points_file(batch, run_ids={})
             executor.prepare(batch)
@@ -138,7 +149,7 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
         print(f"{grid.name}: all {len(grid.points)} points already have a finished run or a live job; nothing to do")
         return None
     folder = new_launch_folder(grid.name)
-    batches = make_batches(grid, todo, folder)
+    batches = make_batches(grid, todo, folder, max_batch_size)
     for batch in batches:
         executor.prepare(batch)
     for batch in batches:
@@ -176,11 +187,12 @@ class MlflowBatchRuns:
         for run_id in self.run_ids:
             grid_runs.finish(self.client, run_id, "FAILED")
 
-    def tag_with_job(self, job_id: str) -> None:
+    def tag_with_job(self, job_id: str, logs: list[Path]) -> None:
         def tag(task: int) -> None:
             tags = [
                 mlflow.entities.RunTag("slurm_job_id", job_id),
                 mlflow.entities.RunTag("slurm_array_task_id", str(task)),
+                mlflow.entities.RunTag(SLURM_LOG, str(logs[task])),
             ]
             self.client.log_batch(self.run_ids[task], tags=tags)
 

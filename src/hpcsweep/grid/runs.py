@@ -4,7 +4,10 @@ Children are created at launch, before any job starts, with status SCHEDULED, th
 the tags `grid`, `config_hash` and `mlflow.parentRunId`; each job then trains into its own child
 through the run id in its points file, so the MLflow UI shows the whole study, queued points included, grouped
 under the launch. The experiment is created here, once, before jobs start: concurrent
-`set_experiment` calls from many jobs were seen to put runs into the Default experiment.
+`set_experiment` calls from many jobs were seen to put runs into the Default experiment. It is
+marked as model training (`ui_metadata.py`), so that MLflow's UI opens its runs table; the launch
+run carries the launching command's git commit, and each point says which grid file it came from
+(its Source in the UI). A point's own commit is the one its job trains with, tagged when it opens.
 The launch run's artifacts (grid file, points, command) are readable by everyone who may read the
 experiment: every URI and secret in them is redacted; the points files jobs read keep them.
 """
@@ -14,12 +17,13 @@ from __future__ import annotations
 import json
 
 import mlflow
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Run, RunStatus, SourceType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.credentials import redact_text, redact_values
-from hpcsweep.tracking.tags import logged_params
+from hpcsweep.tracking.tags import git_source_tags, logged_params
+from hpcsweep.tracking.ui_metadata import ensure_experiment_kind, experiment_kind_tags, source_tags
 
 ROLE = "hpcsweep.role"
 ACTIVE = ("SCHEDULED", "RUNNING")
@@ -27,13 +31,25 @@ ACTIVE = ("SCHEDULED", "RUNNING")
 
 def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    if not found:
+        return client.create_experiment(name, tags=experiment_kind_tags())
+    ensure_experiment_kind(client, found.experiment_id)
+    return found.experiment_id
+
+
+def launch_source(grid: Grid, source_type: int) -> dict[str, str]:
+    return source_tags(f"hpcsweep grid {grid.path.name}", SourceType.to_string(source_type))
 
 
 def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str) -> str:
-    run = client.create_run(
-        experiment, tags={"grid": grid.name, ROLE: "launch", MLFLOW_RUN_NAME: f"{grid.name} launch"}
-    )
+    tags = {
+        "grid": grid.name,
+        ROLE: "launch",
+        MLFLOW_RUN_NAME: f"{grid.name} launch",
+        **launch_source(grid, SourceType.LOCAL),
+        **git_source_tags(),
+    }
+    run = client.create_run(experiment, tags=tags)
     files = {
         grid.path.name: redact_text(grid.path.read_text()),
         "points.json": json.dumps(redact_values(points_data(grid.name, grid.points, {})), indent=1),
@@ -53,6 +69,7 @@ def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid
         MLFLOW_PARENT_RUN_ID: parent,
         MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250],
         "point": point.label,
+        **launch_source(grid, SourceType.JOB),
     }
     run = client.create_run(experiment, tags=tags)
     client.log_batch(

@@ -2,7 +2,9 @@
 
 MLflow knows what training reported (status, last `val/acc`); SLURM knows what happened to the
 job (pending, requeued, killed for memory or time, node failure), including deaths that left
-the run RUNNING forever. Neither is enough alone, so a row shows both.
+the run RUNNING forever. Neither is enough alone, so a row shows both, and where a point did not
+finish, the log its array task wrote: the first place to look. `cancel` says what it will stop
+before it stops it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from collections import Counter
 from dataclasses import dataclass
 
 import mlflow
+from mlflow.entities import Run
 
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors import slurm, slurm_states
+from hpcsweep.grid.launch import SLURM_LOG
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.tags import FAILURE_REASON
+
+# SLURM's end states of a task that did not do its work, and MLflow's of a run that did not end well
+DID_NOT_FINISH = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+DID_NOT_FINISH_RUN = {"FAILED", "KILLED"}
 
 
 @dataclass(frozen=True)
@@ -27,11 +35,13 @@ class Row:
     val_acc: float | None
     run_id: str
     failure_reason: str | None = None
+    log: str | None = None  # where the point's task logged, shown when it did not finish
 
     def line(self) -> str:
         accuracy = f"{self.val_acc:.4f}" if self.val_acc is not None else "-"
         reason = f"  ({self.failure_reason})" if self.failure_reason else ""
-        return f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}{reason}"
+        row = f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}{reason}"
+        return f"{row}\n{'':<10} log: {self.log}" if self.log else row
 
 
 def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
@@ -42,21 +52,29 @@ def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
     return runs
 
 
+def log_of_unfinished(run: Run, slurm_state: str) -> str | None:
+    unfinished = slurm_state in DID_NOT_FINISH or grid_runs.status_name(run) in DID_NOT_FINISH_RUN
+    return run.data.tags.get(SLURM_LOG) if unfinished else None
+
+
 def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
     runs = point_runs(client, grid_name)
     keys = [key for key in map(grid_runs.job_key, runs) if key]
     states = slurm_states.job_states(keys) if keys else {}
-    rows = [
-        Row(
-            run.data.tags.get("point", "?"),
-            grid_runs.status_name(run),
-            states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-",
-            run.data.metrics.get("val/acc"),
-            run.info.run_id,
-            run.data.tags.get(FAILURE_REASON),
+    rows = []
+    for run in runs:
+        state = states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-"
+        rows.append(
+            Row(
+                run.data.tags.get("point", "?"),
+                grid_runs.status_name(run),
+                state,
+                run.data.metrics.get("val/acc"),
+                run.info.run_id,
+                run.data.tags.get(FAILURE_REASON),
+                log_of_unfinished(run, state),
+            )
         )
-        for run in runs
-    ]
     return sorted(rows, key=lambda row: row.point)
 
 
@@ -65,10 +83,30 @@ def summary(rows: list[Row]) -> str:
     return f"{len(rows)} points: " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
 
-def cancel_grid(client: mlflow.MlflowClient, grid_name: str) -> list[str]:
-    """scancel the grid's job arrays and mark its scheduled and running runs KILLED; returns run ids."""
-    active = [run for run in point_runs(client, grid_name) if grid_runs.is_active(run)]
-    slurm.cancel(sorted({run.data.tags["slurm_job_id"] for run in active if "slurm_job_id" in run.data.tags}))
-    for run in active:
+@dataclass(frozen=True)
+class Cancellation:
+    """What `cancel` would stop: the grid's scheduled and running runs, and the job arrays they are in."""
+
+    grid_name: str
+    runs: list[Run]
+
+    @property
+    def job_arrays(self) -> list[str]:
+        return sorted({run.data.tags["slurm_job_id"] for run in self.runs if "slurm_job_id" in run.data.tags})
+
+    def description(self) -> str:
+        counts = Counter(grid_runs.status_name(run) for run in self.runs)
+        runs = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        arrays = f"scancel job arrays {', '.join(self.job_arrays)}; " if self.job_arrays else ""
+        return f"grid {self.grid_name}: {arrays}mark {len(self.runs)} runs KILLED ({runs})"
+
+
+def planned_cancellation(client: mlflow.MlflowClient, grid_name: str) -> Cancellation:
+    return Cancellation(grid_name, [run for run in point_runs(client, grid_name) if grid_runs.is_active(run)])
+
+
+def cancel(client: mlflow.MlflowClient, cancellation: Cancellation) -> None:
+    """scancel the job arrays, then mark the runs KILLED."""
+    slurm.cancel(cancellation.job_arrays)
+    for run in cancellation.runs:
         grid_runs.finish(client, run.info.run_id, "KILLED")
-    return [run.info.run_id for run in active]

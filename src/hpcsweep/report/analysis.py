@@ -276,8 +276,9 @@ def curves_frame(found: list[Configuration]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["configuration", "epoch", "wall_time_s", "val_acc", "train_loss"])
 
 
-def summary_numbers(records: list[RunRecord], table: pd.DataFrame, front: pd.Series) -> dict[str, float]:
-    """Flat numbers for `dvc metrics show`; figures that do not exist (nothing finished) are left out."""
+def summary_numbers(records: list[RunRecord], table: pd.DataFrame, front: pd.Series) -> dict[str, float | str]:
+    """Flat figures for `dvc metrics show` and `dvc exp show` (the best configuration by name, the rest
+    numbers); figures that do not exist (nothing finished, target never reached) are left out."""
     statuses = Counter(record.status for record in records)
     done = finished_rows(table)
     numbers = {
@@ -294,10 +295,14 @@ def summary_numbers(records: list[RunRecord], table: pd.DataFrame, front: pd.Ser
     if not done.empty:
         best = done.loc[done[ACCURACY].idxmax()]
         numbers.update(
-            best_val_acc=best[ACCURACY], best_gpu_hours=best["gpu_hours"], best_total_time_s=best["total_time_s"]
+            best_configuration=best["configuration"],
+            best_val_acc=best[ACCURACY],
+            best_gpu_hours=best["gpu_hours"],
+            best_total_time_s=best["total_time_s"],
+            best_time_to_target_s=best["time_to_target_s"],
         )
     return {
-        key: float(value) if isinstance(value, float) else int(value)
+        key: value if isinstance(value, str) else float(value) if isinstance(value, float) else int(value)
         for key, value in numbers.items()
         if not (isinstance(value, float) and math.isnan(value))
     }

@@ -6,21 +6,30 @@
   and the grid launcher do), the run id saved in the run folder by an interrupted attempt (a
   resumed training continues its run), or a new run in the configured experiment.
 - Params are the config keys under their own names; tags say which code, data, config and
-  SLURM job produced the run (`tags.py`).
+  SLURM job produced the run (`tags.py`); the experiment kind, source, dataset input and the
+  run's address printed on stderr are what the MLflow UI shows (`ui_metadata.py`).
 - Autologging (`mlflow.pytorch.autolog`) logs every epoch's metrics; checkpoints are logged as
-  artifacts at the end, by us, because Lightning already writes them.
+  artifacts at the end, by us, because Lightning already writes them; a finished training's best
+  checkpoint is also logged as an MLflow model, once its spool was sent (`model_logging.py`).
 - Against a tracking server, every write goes through the run's spool (`store.py`), so a
   server that is briefly away costs nothing; `hpcsweep sync` sends what a training left.
 - The first process of each node reports its CPU, memory and GPU use when
-  `tracking.system_metrics` is on.
+  `tracking.system_metrics` is on, or MLflow's own switch (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING,
+  `mlflow.enable_system_metrics_logging()`). That monitor is ours, one per node; MLflow's own
+  (`start_run(log_system_metrics=...)`) stays off so that none is counted twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import mlflow
+import torch
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from hpcsweep.config import Config
@@ -29,17 +38,29 @@ from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
 from hpcsweep.tracking.client import tracking_uri
 from hpcsweep.tracking.credentials import redact_values
+from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.run_folder import RunFolder
 from hpcsweep.tracking.tags import FAILURE_REASON, logged_params, run_tags
+from hpcsweep.tracking.ui_metadata import (
+    DATASET_CONTEXT,
+    ensure_experiment_kind,
+    missing_tags,
+    prepared_dataset,
+    run_address,
+    source_tags,
+)
 
 CONFIG_ARTIFACT = "config.json"
+SOURCE_NAME = "hpcsweep"
 
 
 class TrackedRun:
     """`with TrackedRun(config, folder, run_id) as run:` opens or joins the run (rank 0), spools its
     writes and monitors the node; leaving the block logs `run.final_metrics` and the folder's
     checkpoints and closes the run with `run.status` (FAILED unless the block set another:
-    FINISHED, KILLED, or SCHEDULED when a requeued job will resume it)."""
+    FINISHED, KILLED, or SCHEDULED when a requeued job will resume it). A FINISHED run's best
+    checkpoint becomes its MLflow model when the trainer says how to build the network from a
+    checkpoint (`run.network_from_checkpoint`) and `tracking.log_model` is on."""
 
     def __init__(self, config: Config, folder: RunFolder, run_id: str | None = None, params: dict | None = None):
         self.config, self.folder = config, folder
@@ -51,18 +72,20 @@ class TrackedRun:
         # figures supersede an earlier one's (MLflow shows a metric's value at its highest step)
         self.final_step = 0
         self.is_logging = global_rank() == 0
-        self.log_uri = tracking_uri(config)  # where this process's MLflow calls go (spool+... while spooling)
+        self.server_uri = tracking_uri(config)  # the store itself
+        self.log_uri = self.server_uri  # where this process's MLflow calls go (spool+... while spooling)
+        self.network_from_checkpoint: Callable[[Path], torch.nn.Module] | None = None
         self._exit_stack = contextlib.ExitStack()
 
     def __enter__(self) -> TrackedRun:
         with self._exit_stack as stack:
             if self.is_logging:
-                server_uri = self.log_uri
+                stack.callback(self._log_model)  # last: once the spool was sent and the run closed
                 self.log_uri = stack.enter_context(
-                    store.spooled_writes(server_uri, self.folder.path, self.config.tracking.flush_timeout_s)
+                    store.spooled_writes(self.server_uri, self.folder.path, self.config.tracking.flush_timeout_s)
                 )
                 mlflow.set_tracking_uri(self.log_uri)
-                stack.callback(mlflow.set_tracking_uri, server_uri)
+                stack.callback(mlflow.set_tracking_uri, self.server_uri)
                 self.id = self._open()
                 stack.callback(self._close)
             monitor = self._node_monitor()
@@ -82,15 +105,21 @@ class TrackedRun:
         raise UserError(reason)
 
     def _open(self) -> str:
-        """Open (or reopen) the run, log params and tags, switch autologging on."""
+        """Open (or reopen) the run, log params, tags and the dataset, switch autologging on."""
         run_id = self.id or self.folder.resumable_run_id()
         if run_id:
             run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         else:
             experiment = mlflow.set_experiment(self.config.tracking.experiment)
             run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=False)
+        # written straight to the server, not spooled: it must answer while a run opens anyway
+        ensure_experiment_kind(mlflow.MlflowClient(), run.info.experiment_id)
         log_missing_params(run.info.run_id, self.params)
-        mlflow.set_tags(run_tags(self.config))
+        tags = run_tags(self.config)
+        # a run someone else created without saying what made it (MLflow's own runs, `mlflow run`'s and
+        # the grid launcher's say it already)
+        mlflow.set_tags({**missing_tags(run, source_tags(SOURCE_NAME, "LOCAL")), **tags})
+        mlflow.log_input(prepared_dataset(self.config.data.prepared_dir, tags["data_md5"]), context=DATASET_CONTEXT)
         # the whole config, paths and all (passwords in URIs redacted: every reader of the
         # experiment sees it), for whoever reproduces the run. Uploaded now, not at the
         # end: MLflow builds a run's artifact repository at its first upload, from a get_run that
@@ -100,6 +129,7 @@ class TrackedRun:
         mlflow.log_dict(redact_values(self.config.to_dict()), CONFIG_ARTIFACT)
         mlflow.pytorch.autolog(log_models=False, checkpoint=False, log_datasets=False, silent=True)
         self.folder.write_state(run_id=run.info.run_id, finished=False)
+        print(run_address(self.server_uri, run), file=sys.stderr, flush=True)
         return run.info.run_id
 
     def _node_monitor(self) -> SystemMetricsMonitor | None:
@@ -108,7 +138,7 @@ class TrackedRun:
         One monitor per node, on its first local rank; with several nodes each reports under its
         host name. Nodes other than rank 0's know the run only when a launcher handed its id over.
         """
-        if not self.config.tracking.system_metrics or local_rank() != 0 or not self.id:
+        if not system_metrics_on(self.config) or local_rank() != 0 or not self.id:
             return None
         node_id = socket.gethostname() if self.config.train.num_nodes > 1 else None
         monitor = SystemMetricsMonitor(self.id, node_id=node_id, tracking_uri=self.log_uri)
@@ -122,6 +152,18 @@ class TrackedRun:
             mlflow.log_artifact(str(path), artifact_path="checkpoints")
         mlflow.end_run(self.status)
         self.folder.write_state(finished=self.status == "FINISHED")
+
+    def _log_model(self) -> None:
+        if self.status == "FINISHED" and self.config.tracking.log_model and self.network_from_checkpoint:
+            log_best_model(
+                self.server_uri, self.id, self.folder.best_checkpoint, self.network_from_checkpoint, self.final_step
+            )
+
+
+def system_metrics_on(config: Config) -> bool:
+    """`tracking.system_metrics`, or MLflow's own switch (its environment variable, which
+    `mlflow.enable_system_metrics_logging()` sets too)."""
+    return config.tracking.system_metrics or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get()
 
 
 def log_missing_params(run_id: str, params: dict[str, object]) -> None:

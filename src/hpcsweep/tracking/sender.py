@@ -35,7 +35,9 @@ from hpcsweep.tracking.credentials import redact, redact_text
 from hpcsweep.tracking.spool import Spool
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+LOG_INPUTS = "/api/2.0/mlflow/runs/log-inputs"
 UPDATE_RUN = "/api/2.0/mlflow/runs/update"
+SENT_ALONE = ("artifact", "status", "inputs")  # record kinds that are a request each
 MAX_METRICS, MAX_PARAMS_AND_TAGS = 1000, 100  # MLflow's limits for one log_batch
 REQUEST_TIMEOUT_S = 10
 
@@ -102,13 +104,13 @@ def records_in_next_request(records: list[dict]) -> int:
     """How many leading records one request can carry: log_batch records of one run, within
     MLflow's limits and without a param or tag key twice; any other record goes alone."""
     first = records[0]
-    if "artifact" in first or "status" in first:
+    if sent_alone(first):
         return 1
     metrics = params_and_tags = 0
     keys: set[str] = set()
     count = 0
     for record in records:
-        if "artifact" in record or "status" in record or record["run_id"] != first["run_id"]:
+        if sent_alone(record) or record["run_id"] != first["run_id"]:
             break
         record_keys = {f"p:{key}" for key, _ in record["params"]} | {f"t:{key}" for key, _ in record["tags"]}
         metrics += len(record["metrics"])
@@ -118,6 +120,10 @@ def records_in_next_request(records: list[dict]) -> int:
         keys |= record_keys
         count += 1
     return count
+
+
+def sent_alone(record: dict) -> bool:
+    return any(kind in record for kind in SENT_ALONE)
 
 
 def send(creds, uri: str, records: list[dict]) -> None:
@@ -144,6 +150,8 @@ def request_for(records: list[dict]) -> Callable:
     if "status" in first:
         body = {key: first.get(key) for key in ("run_id", "status", "end_time", "run_name")}
         return functools.partial(post, UPDATE_RUN, {key: value for key, value in body.items() if value is not None})
+    if "inputs" in first:
+        return functools.partial(post, LOG_INPUTS, first["inputs"])
     batch = LogBatch(
         run_id=first["run_id"],
         metrics=[Metric(*metric).to_proto() for record in records for metric in record["metrics"]],

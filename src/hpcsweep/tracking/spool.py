@@ -24,7 +24,8 @@ not appended again: every epoch's figures are logged exactly once. MLflow's syst
 which count their steps from 0 in every attempt, are kept whatever their step.
 
 Record kinds (each with `run_id`): `metrics`/`params`/`tags` lists (one log_batch), `status`
-(an update of the run's status and end time), `artifact` (a local file to upload).
+(an update of the run's status and end time), `artifact` (a local file to upload), `inputs`
+(a log_inputs request body: the run's datasets).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Spool:
         """The oldest `count` unsent records are on the server (or rejected for good). The count
         on disk comes first: if it cannot be written, they stay unsent here too and are sent again."""
         with self._lock:
-            with atomic_file(self.files.spool_sent) as temporary:
+            with atomic_file(self.files.spool_sent, mode=OWNER_ONLY) as temporary:
                 temporary.write_text(str(self.sent + count))
             self.sent += count
             for _ in range(count):
@@ -244,7 +245,7 @@ def as_record(text: str) -> dict | None:
 def write_header(path: Path, uri: str, replace: bool) -> None:
     """Name `uri` in the spool's first line, replacing the header there (`replace`) or not."""
     lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
-    with atomic_file(path) as temporary:
+    with atomic_file(path, mode=OWNER_ONLY) as temporary:
         temporary.write_text(json.dumps({"uri": uri}) + "\n" + "".join(lines[1 if replace else 0 :]))
 
 

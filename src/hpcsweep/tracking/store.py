@@ -6,8 +6,8 @@ For the duration of a training that URI is `spool+http(s)://...`, a scheme of ou
 finds through its public plugin entry points (`mlflow.tracking_store` and
 `mlflow.artifact_repository` in pyproject.toml, loaded by `plugin.py`):
 
-- `SpoolingStore` reads from the server; every write (log_batch, metric, param, tag, run status)
-  is appended to the run's spool and answered at once, and a `Flusher` thread sends it.
+- `SpoolingStore` reads from the server; every write (log_batch, metric, param, tag, run status,
+  dataset inputs) is appended to the run's spool and answered at once, and a `Flusher` thread sends it.
 - The runs it returns carry a `spool+` artifact URI, so MLflow builds a
   `SpoolingArtifactRepository` for them: uploads (our checkpoints, autologging's model summary)
   are kept in the spool's folder and sent in order, through the real repository.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -34,10 +35,12 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Run, RunStatus
+from mlflow.protos.service_pb2 import LogInputs
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.proto_json_utils import message_to_json
 
 from hpcsweep.tracking.client import SPOOL_PREFIX, is_server, without_spool
 from hpcsweep.tracking.credentials import redact
@@ -99,6 +102,17 @@ class SpoolingStore(RestStore):
 
     def set_tag(self, run_id, tag) -> None:
         self.log_batch(run_id, [], [], [tag])
+
+    def log_inputs(self, run_id, datasets=None, models=None) -> None:
+        spool = active_spool(self.uri)
+        if spool is None:
+            return super().log_inputs(run_id, datasets, models)
+        body = LogInputs(
+            run_id=run_id,
+            datasets=[dataset.to_proto() for dataset in datasets or []],
+            models=[model.to_proto() for model in models or []],
+        )
+        spool.append({"run_id": run_id, "inputs": json.loads(message_to_json(body))})
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
         spool = active_spool(self.uri)

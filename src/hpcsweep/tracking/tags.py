@@ -14,7 +14,10 @@ import socket
 import subprocess
 from pathlib import Path
 
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
 from hpcsweep.config import Config
+from hpcsweep.tracking.credentials import redact
 
 # why a run ended FAILED, where hpcsweep knows better than a traceback (shown by `hpcsweep status`)
 FAILURE_REASON = "hpcsweep.failure_reason"
@@ -31,17 +34,35 @@ def logged_params(config: Config) -> dict[str, object]:
     return {**dataclasses.asdict(config.train), "loader": config.data.loader}
 
 
+def git(*args: str) -> str | None:
+    """What `git ARGS` prints in the working folder; None outside a work tree or without git."""
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def git_commit() -> str:
     """The checked-out commit, with `-dirty` when the work tree differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
         return "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def git_source_tags() -> dict[str, str]:
+    """MLflow's own tags for the code's commit, branch and repository, where git knows them: the UI
+    shows the commit as the run's Version. The commit is bare, as MLflow writes it (`git_commit`
+    says whether the work tree differed); a detached HEAD has no branch; the remote's URL is
+    redacted, since a token in it would be shown to every reader of the experiment."""
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    remote = git("config", "--get", "remote.origin.url")
+    tags = {MLFLOW_GIT_COMMIT: commit, MLFLOW_GIT_BRANCH: branch if branch != "HEAD" else None}
+    tags[MLFLOW_GIT_REPO_URL] = redact(remote) if remote else None
+    return {key: value for key, value in tags.items() if value}
 
 
 def data_md5(prepared_dir: Path) -> str:
@@ -58,6 +79,7 @@ def run_tags(config: Config) -> dict[str, str]:
     tags = {
         "config_hash": config.hash,
         "git_commit": git_commit(),
+        **git_source_tags(),
         "data_md5": data_md5(Path(config.data.prepared_dir)),
         "host": socket.gethostname(),
     }

@@ -95,14 +95,23 @@ def build_optimizer(
 ) -> Optimizer:
     """Optimizer `name` over `groups` (e.g. from `parameter_groups`).
 
-    `lr` and `weight_decay` are defaults for groups that do not set their own; groups from
-    `parameter_groups` always set weight_decay. `momentum` is used by sgd, rmsprop and lars and
-    ignored by the Adam family and adagrad (they keep torch's default betas); `nesterov` is
-    only meaningful with sgd (config.py refuses it elsewhere). adam's weight decay is L2 added
-    to the gradient; adamw's is decoupled.
+    Every group carries each setting the config gives, a group's own `lr` or `weight_decay` winning
+    (the lr scaled to the batch size; no decay on norms and biases), and `optimizer.defaults` keeps
+    only torch's own settings (dampening, betas, eps, ...), so a group added later must name these
+    itself. Why: MLflow's Lightning autologging logs the defaults as params, into a run that
+    already holds the config's lr, momentum, nesterov and weight_decay (logged by hpcsweep, or by
+    `mlflow run` as typed: `1e-3`, `false`); MLflow refuses a param logged again with another value
+    or spelling, and autologging's whole batch (`epochs`, `optimizer_name`, ...) goes with it.
+
+    `momentum` is used by sgd, rmsprop and lars and ignored by the Adam family and adagrad (they
+    keep torch's default betas); `nesterov` is only meaningful with sgd (config.py refuses it
+    elsewhere). adam's weight decay is L2 added to the gradient; adamw's is decoupled.
     """
     require_known("optimizer", name, OPTIMIZER_CLASSES)
     optimizer_class, extra_setting_names = OPTIMIZER_CLASSES[name]
-    settings = {"momentum": momentum, "nesterov": nesterov}
-    extra_settings = {setting: settings[setting] for setting in extra_setting_names}
-    return optimizer_class(groups, lr=lr, weight_decay=weight_decay, **extra_settings)
+    settings = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov}
+    configured = {setting: settings[setting] for setting in ("lr", "weight_decay", *extra_setting_names)}
+    optimizer = optimizer_class([{**configured, **group} for group in groups], **configured)
+    for setting in configured:
+        del optimizer.defaults[setting]
+    return optimizer

@@ -38,6 +38,7 @@ from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
 from hpcsweep.training.mixed_precision import precision_plugin
 from hpcsweep.training.module import ResNetModule
+from hpcsweep.training.progress import progress_display
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +100,11 @@ def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callb
         strategy=strategy_for(train),
         precision=None,  # the plugin below: Lightning would turn 16-mixed on the CPU into bf16-mixed
         max_epochs=train.max_epochs,
-        callbacks=[best, last, *callbacks],  # best first: it is trainer.checkpoint_callback
+        callbacks=[best, last, *callbacks, progress_display()],  # best first: it is trainer.checkpoint_callback
         plugins=[AtomicCheckpointIO(), precision_plugin(train.precision, train.accelerator)],
         default_root_dir=folder.path,
         logger=False,
-        enable_progress_bar=False,
+        enable_progress_bar=True,  # the display above: a bar on a terminal, a line per epoch in a log
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=False,
@@ -122,8 +123,22 @@ def check_enough_data(config: Config, stats: dict) -> None:
         )
 
 
-def not_an_advertisement(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("💡 Tip:")
+# Lightning's info lines that are advertisements or narrate its internals at every start, with no
+# setting to turn them off: which devices exist (the run's params say which were used), the GPUs a
+# rank sees, and the data loader it loads to count steps; its other lines (why fit stopped) stay.
+# "HPU available" comes from the Habana plugin.
+ROUTINE_LIGHTNING_LINES = (
+    "💡 Tip:",
+    "GPU available: ",
+    "TPU available: ",
+    "HPU available: ",
+    "LOCAL_RANK: ",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
+
+
+def not_routine(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(ROUTINE_LIGHTNING_LINES)
 
 
 def quiet_known_warnings() -> None:
@@ -134,11 +149,11 @@ def quiet_known_warnings() -> None:
         r".*isinstance\(treespec, LeafSpec\)",  # inside Lightning
     ):
         warnings.filterwarnings("ignore", message=message)
-    # Lightning logs an advertisement for its cloud loggers at every Trainer start, with no setting
-    # to turn it off; its other info lines (devices, precision) stay. Adding the same filter twice
-    # keeps one. The same module logs under either name, depending on how Lightning was imported.
-    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(not_an_advertisement)
+    # Adding the same filter twice keeps one. Both packages are installed (MLflow's autologging
+    # imports pytorch_lightning); rank_zero logs under the name of whichever was imported last.
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        for module in ("utilities.rank_zero", "accelerators.cuda"):
+            logging.getLogger(f"{package}.{module}").addFilter(not_routine)
 
 
 def train(config: Config, run_id: str | None = None) -> TrainResult:
@@ -158,6 +173,7 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
             folder.remove_checkpoints()
     precision = precision_for(config.train.accelerator, config.train.precision)
     with TrackedRun(config, folder, run_id, params={PRECISION_USED: precision}) as run:
+        run.network_from_checkpoint = lambda path: ResNetModule.load_from_checkpoint(path, map_location="cpu").model
         check_requeue_budget(config, run)
         return fit(config, dataclasses.replace(config.train, precision=precision), run, resume, per_rank)
 

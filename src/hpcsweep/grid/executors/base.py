@@ -1,8 +1,9 @@
 """The one interface local and SLURM execution share, so `launch` never asks which one it holds.
 
-As in submitit, every executor answers the same steps, called by launch in the same order: check
-and check points (before anything is created), prepare (write what a batch needs), test (would
-the scheduler take it; still before any run exists), submit, and live jobs (for a relaunch).
+As in submitit, every executor answers the same steps, called by launch in the same order: check,
+check points and the largest batch it takes (before anything is created), prepare (write what a
+batch needs), test (would the scheduler take it; still before any run exists), submit, and live
+jobs (for a relaunch).
 Another scheduler is one more class, not another branch in launch. Executors know their scheduler and nothing of MLflow:
 what happened to a batch's runs (a point stopped by Ctrl-C, a refused submission, a job id) they
 report through `BatchRuns`, which launch implements.
@@ -52,8 +53,9 @@ class BatchRuns(Protocol):
     def mark_all_failed(self) -> None:
         """The batch never started: every run becomes FAILED, for the next launch to resubmit."""
 
-    def tag_with_job(self, job_id: str) -> None:
-        """The batch was submitted as job array `job_id`: each run is tagged with its job and task."""
+    def tag_with_job(self, job_id: str, logs: list[Path]) -> None:
+        """The batch was submitted as job array `job_id`: each run is tagged with its job, its task and
+        the file its task logs to (`logs[task]`)."""
 
 
 class Executor(ABC):
@@ -67,6 +69,10 @@ class Executor(ABC):
 
     def check_points(self, points: list[Point]) -> None:
         """Fail with one line naming the point, before anything is created, if a point cannot run here."""
+
+    def max_batch_size(self) -> int | None:
+        """The most points one batch may hold (a scheduler's largest job array); None: any number."""
+        return None
 
     def prepare(self, batch: Batch) -> None:
         """Write what running the batch needs besides its points file (a job script)."""

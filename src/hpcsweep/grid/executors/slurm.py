@@ -2,7 +2,8 @@
 
 Each piece is a small function with one job (as in submitit): `render_job_script` is pure and
 typed, `submit_array` only runs sbatch, the parsers only parse; `SlurmExecutor` puts them
-behind the executor interface. One array per resource shape; each task reads its point from the
+behind the executor interface. One array per resource shape, cut into several where it holds more
+points than the cluster's MaxArraySize allows (`scontrol show config`); each task reads its point from the
 JSON file written at launch and runs `srun` with one task per device, so Lightning's
 SLURMEnvironment sets up DDP from SLURM's variables. `--signal=SIGUSR1@90` with `--requeue` lets
 Lightning checkpoint and requeue before a time limit or preemption; the restarted task resumes
@@ -25,7 +26,7 @@ from string import Template
 from hpcsweep.atomic import atomic_file
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
-from hpcsweep.grid.executors.slurm_states import queued_states
+from hpcsweep.grid.executors.slurm_states import queued_states, slurm_output
 from hpcsweep.grid.spec import Point
 from hpcsweep.telemetry import shell_defaults
 from hpcsweep.tracking.credentials import environment_for_jobs
@@ -44,6 +45,11 @@ EXTRA_OPTIONS = tuple(
 REQUEUE_SIGNAL_LEAD_S = 90
 TIME_LIMIT = re.compile(r"(?:(\d+)-)?(\d+):(\d+):(\d+)")  # slurm.time, as config.py allows it
 GPU_GRES = re.compile(r"(?:^|,)(?:gpu|shard|mps)(?::|,|$)")  # gres=gpu:2, gpu:a100:2, shard:4, mps:50
+# array task ids run from 0 to MaxArraySize - 1; Slurm's default, for where scontrol cannot say (a dry run
+# off the cluster)
+DEFAULT_MAX_ARRAY_SIZE = 1001
+MAX_ARRAY_SIZE = re.compile(r"^MaxArraySize\s*=\s*(\d+)\s*$", re.MULTILINE)  # a `scontrol show config` line
+LOG_PATTERN = "%A_%a.out"  # one log per array task, kept across requeues (--open-mode=append)
 
 DEFAULT_TEMPLATE = """#!/bin/bash
 ${directives}
@@ -106,7 +112,7 @@ def directives(spec: JobSpec) -> list[str]:
         "mem": spec.mem,
         "time": spec.time,
         "chdir": spec.workdir,
-        "output": spec.log_dir / "%A_%a.out",
+        "output": spec.log_dir / LOG_PATTERN,
         "open-mode": "append",
         "signal": f"SIGUSR1@{REQUEUE_SIGNAL_LEAD_S}",
         "gpus-per-node": spec.gpus_per_node,
@@ -158,6 +164,26 @@ def check_accelerator(point: Point) -> None:
             f"{name}: accelerator=cpu, but slurm.extra {requests[0]} asks SLURM for GPUs the training "
             f"would leave idle; {use} or drop {requests[0].partition('=')[0]} from slurm.extra"
         )
+
+
+def task_log(log_dir: Path, job_id: str, task: int) -> Path:
+    """The file SLURM writes task `task` of array `job_id`'s output to: the --output pattern resolved."""
+    return log_dir / LOG_PATTERN.replace("%A", job_id).replace("%a", str(task))
+
+
+def parse_max_array_size(text: str) -> int | None:
+    """MaxArraySize from `scontrol show config` output; None where it is not there."""
+    found = MAX_ARRAY_SIZE.search(text)
+    return int(found.group(1)) if found else None
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize, or Slurm's default where scontrol cannot tell (not installed, no
+    controller answering)."""
+    size = parse_max_array_size(slurm_output("scontrol", "show", "config"))
+    if size == 0:
+        raise UserError("this cluster's MaxArraySize is 0: job arrays are disabled, and hpcsweep submits job arrays")
+    return DEFAULT_MAX_ARRAY_SIZE if size is None else size
 
 
 def render_job_script(spec: JobSpec, template: str = DEFAULT_TEMPLATE) -> str:
@@ -219,8 +245,11 @@ class SlurmExecutor(Executor):
             check_time_limit(point)
             check_accelerator(point)
 
+    def max_batch_size(self) -> int:
+        return max_array_size()
+
     def prepare(self, batch: Batch) -> None:
-        (batch.folder / "logs").mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
+        log_dir(batch).mkdir(parents=True, exist_ok=True)  # SLURM fails a job whose --output folder is missing
         batch.script = batch.folder / f"job-{batch.number}.sbatch"
         with atomic_file(batch.script) as temporary:
             temporary.write_text(render_job_script(self.job_spec(batch), self.settings.template or DEFAULT_TEMPLATE))
@@ -234,7 +263,7 @@ class SlurmExecutor(Executor):
         except UserError:
             runs.mark_all_failed()
             raise
-        runs.tag_with_job(job_id)
+        runs.tag_with_job(job_id, [task_log(log_dir(batch), job_id, task) for task in range(len(batch.points))])
         print(f"submitted job array {job_id} ({len(batch.points)} points): {batch.script}")
 
     def live_jobs(self, job_keys: list[str]) -> set[str]:
@@ -258,7 +287,7 @@ class SlurmExecutor(Executor):
             mem=resources.mem,
             time=resources.time,
             workdir=Path.cwd(),
-            log_dir=batch.folder / "logs",
+            log_dir=log_dir(batch),
             command=[sys.executable, "-m", "hpcsweep", "run-point", str(batch.points_file)],
             gpus_per_node=config.train.devices if config.train.accelerator == "gpu" else None,
             partition=resources.partition,
@@ -267,3 +296,7 @@ class SlurmExecutor(Executor):
             setup=resources.setup,
             extra=resources.extra,
         )
+
+
+def log_dir(batch: Batch) -> Path:
+    return batch.folder / "logs"

@@ -1,0 +1,105 @@
+"""What the MLflow UI shows of a study: the experiment kind (runs table, not GenAI pages), the
+run's git commit, dataset and model, system metrics by MLflow's own switch, and the run's address."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import mlflow
+import pytest
+import torch
+from mlflow.entities import Dataset, DatasetInput
+from mlflow.models import get_model_info
+
+from helpers.project import commit_all
+from helpers.runs import QUICK, environment, hpcsweep, overrides, runs_of
+from helpers.services import free_port
+from hpcsweep.grid.runs import experiment_id
+from hpcsweep.tracking.model_logging import log_best_model
+from hpcsweep.tracking.sender import send_unsent
+from hpcsweep.tracking.spool import Spool
+from hpcsweep.tracking.store import spooled_writes
+from hpcsweep.tracking.ui_metadata import EXPERIMENT_KIND, MODEL_TRAINING, run_address
+from hpcsweep.training.module import ResNetModule
+
+
+@pytest.mark.slow
+def test_a_training_carries_the_kind_commit_dataset_model_system_metrics_and_address(prepared, tracking_server):
+    project = prepared.parent.parent
+    commit = commit_all(project, "params.yaml")
+    experiment = f"test-{uuid.uuid4().hex[:8]}"
+    args = ["train", *overrides(*QUICK, "tracking.log_model=true", f"tracking.experiment={experiment}")]
+    env = environment(
+        tracking_server, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="true", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"
+    )
+    done = hpcsweep(args, project, tracking_server, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [run] = runs_of(tracking_server, experiment)
+    client = mlflow.MlflowClient(tracking_server)
+
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND] == MODEL_TRAINING
+    page = f"{tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"run {run.info.run_name} {run.info.run_id}: {page}" in done.stderr.splitlines()
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == commit and tags["git_commit"] == commit
+    assert tags["mlflow.source.git.branch"] and tags["mlflow.source.type"] == "LOCAL"
+    [dataset] = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("cifar10-prepared", tags["data_md5"])
+    assert str(prepared) in dataset.dataset.source and {t.key: t.value for t in dataset.tags} == {
+        "mlflow.data.context": "training"
+    }
+    assert any(key.startswith("system/") for key in run.data.metrics)  # MLflow's switch, not tracking.system_metrics
+
+    model = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", tracking_uri=tracking_server)
+    assert get_model_info(model).signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 32, 32]
+    logged = mlflow.pytorch.load_model(model)
+    [best] = project.glob("checkpoints/*/best.ckpt")
+    network = ResNetModule.load_from_checkpoint(best, map_location="cpu").model.eval()
+    batch = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(logged(batch), network(batch), atol=1e-5)
+
+
+def test_experiments_are_model_training_unless_the_user_chose_a_kind(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    created = experiment_id(client, "new")
+    untagged = client.create_experiment("untagged")
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND: "genai_development"})
+    for name in ("untagged", "chosen"):
+        experiment_id(client, name)
+    kinds = [client.get_experiment(e).tags.get(EXPERIMENT_KIND) for e in (created, untagged, chosen)]
+    assert kinds == [MODEL_TRAINING, MODEL_TRAINING, "genai_development"]
+
+    run = client.create_run(created)
+    address = run_address(f"sqlite:///{tmp_path / 'mlflow.db'}", run)
+    assert address == (
+        f"run {run.info.run_name} {run.info.run_id}: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}"
+        f", then http://127.0.0.1:5000/#/experiments/{created}/runs/{run.info.run_id}"
+    )
+
+
+def test_the_dataset_input_is_spooled_while_the_server_is_away_and_sent_later(tmp_path, tracking_server):
+    client = mlflow.MlflowClient(tracking_server)
+    run = client.create_run(experiment_id(client, f"test-{uuid.uuid4().hex[:8]}"))
+    dataset = DatasetInput(Dataset("cifar10-prepared", "0" * 32, "local", '{"uri": "data/prepared"}'))
+    away = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with spooled_writes(away, tmp_path / "run", flush_timeout_s=0) as uri:
+        mlflow.MlflowClient(uri).log_inputs(run.info.run_id, datasets=[dataset])
+    assert time.monotonic() - started < 5  # no retries against the server that is away
+
+    spool = Spool(tmp_path / "run")
+    spool.claim(tracking_server)  # as `hpcsweep sync` to the server once it is back
+    send_unsent(spool)
+    [sent] = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (sent.dataset.name, sent.dataset.digest) == ("cifar10-prepared", "0" * 32)
+
+
+def test_a_model_is_not_logged_when_the_server_is_away_at_the_end(tmp_path, caplog):
+    checkpoint = tmp_path / "best.ckpt"
+    checkpoint.write_bytes(b"never read: the server is checked first")
+    away = f"http://127.0.0.1:{free_port()}"
+    log_best_model(away, "run", checkpoint, network_from=lambda path: pytest.fail("built the model"), step=0)
+    assert re.search(r"no model logged for run run: tracking server .* does not answer", caplog.text)
