@@ -32,3 +32,33 @@ def test_a_missing_service_fails_under_ci_and_skips_elsewhere(tmp_path, ci, outc
     )
     assert outcome in done.stdout, done.stdout[-2000:]
     assert ("CI=true and the service did not start" in done.stdout) == (ci == "true")
+
+
+def test_groups_are_handed_out_longest_first_and_keep_their_own_order(tmp_path, monkeypatch):
+    """make test's packing: the group with the most recorded seconds first, whatever its test count."""
+    from helpers import scheduling
+
+    durations = tmp_path / "durations.json"
+    durations.write_text('{"test_many": 10, "test_one_long": 300, "test_a": 50, "test_b": 60}')
+    monkeypatch.setattr(scheduling, "DURATIONS", durations)
+    items = [
+        "test_many::1",
+        "test_many::2",
+        "test_many::3",
+        "test_a::1",
+        "test_one_long::1",
+        "test_b::1",
+        "test_new::1",
+    ]
+    group = {"test_a": "cluster", "test_b": "cluster"}  # two modules sharing one group weigh together
+    module = lambda item: item.split("::")[0]  # noqa: E731
+    scheduling.longest_groups_first(items, lambda item: group.get(module(item), module(item)), module)
+    assert items == [
+        "test_one_long::1",
+        "test_a::1",
+        "test_b::1",
+        "test_many::1",
+        "test_many::2",
+        "test_many::3",
+        "test_new::1",
+    ]

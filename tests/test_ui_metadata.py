@@ -52,9 +52,15 @@ def test_a_training_carries_the_kind_commit_dataset_model_system_metrics_and_add
     }
     assert any(key.startswith("system/") for key in run.data.metrics)  # MLflow's switch, not tracking.system_metrics
 
-    model = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", tracking_uri=tracking_server)
-    assert get_model_info(model).signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 32, 32]
-    logged = mlflow.pytorch.load_model(model)
+    # as a user loads it; a runs:/ URI finds a run's model through the default store only (not through
+    # download_artifacts' tracking_uri)
+    mlflow.set_tracking_uri(tracking_server)
+    try:
+        model = f"runs:/{run.info.run_id}/model"
+        assert get_model_info(model).signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
+        logged = mlflow.pytorch.load_model(model)
+    finally:
+        mlflow.set_tracking_uri(None)
     [best] = project.glob("checkpoints/*/best.ckpt")
     network = ResNetModule.load_from_checkpoint(best, map_location="cpu").model.eval()
     batch = torch.rand(3, 3, 32, 32)
