@@ -3,6 +3,7 @@ run's git commit, dataset and model, system metrics by MLflow's own switch, and 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -14,9 +15,10 @@ from mlflow.entities import Dataset, DatasetInput
 from mlflow.models import get_model_info
 
 from helpers.project import commit_all
-from helpers.runs import QUICK, environment, hpcsweep, overrides, runs_of
+from helpers.runs import QUICK, TINY, environment, hpcsweep, overrides, runs_of, write_grid
 from helpers.services import free_port
-from hpcsweep.grid.runs import experiment_id
+from hpcsweep.grid.runs import create_child, create_parent, experiment_id
+from hpcsweep.grid.spec import load_grid
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.sender import send_unsent
 from hpcsweep.tracking.spool import Spool
@@ -40,7 +42,9 @@ def test_a_training_carries_the_kind_commit_dataset_model_system_metrics_and_add
     client = mlflow.MlflowClient(tracking_server)
 
     assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND] == MODEL_TRAINING
-    page = f"{tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    page = (
+        f"{tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    )
     assert f"run {run.info.run_name} {run.info.run_id}: {page}" in done.stderr.splitlines()
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"] == commit and tags["git_commit"] == commit
@@ -82,8 +86,24 @@ def test_experiments_are_model_training_unless_the_user_chose_a_kind(tmp_path):
     address = run_address(f"sqlite:///{tmp_path / 'mlflow.db'}", run)
     assert address == (
         f"run {run.info.run_name} {run.info.run_id}: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}"
-        f", then http://127.0.0.1:5000/#/experiments/{created}/runs/{run.info.run_id}"
+        f", then http://127.0.0.1:5000/#/experiments/{created}/runs/{run.info.run_id}?workflowType=machine_learning"
     )
+
+
+def test_launched_runs_name_their_grid_file_as_source_and_the_launch_its_commit(project, tmp_path):
+    commit = commit_all(project, "params.yaml")
+    grid = load_grid(
+        write_grid(project, {"name": "ui", "base": TINY, "grid": {"seed": [0]}}), project / "params.yaml", {}
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = experiment_id(client, "ui")
+    with contextlib.chdir(project):  # the launch runs in the project
+        parent = client.get_run(create_parent(client, grid, experiment, "hpcsweep grid grid.yaml"))
+    child = client.get_run(create_child(client, experiment, parent.info.run_id, grid, grid.points[0]))
+    source = ("mlflow.source.name", "mlflow.source.type")
+    assert [parent.data.tags[key] for key in source] == ["hpcsweep grid grid.yaml", "LOCAL"]
+    assert parent.data.tags["mlflow.source.git.commit"] == commit
+    assert [child.data.tags[key] for key in source] == ["hpcsweep grid grid.yaml", "JOB"]
 
 
 def test_the_dataset_input_is_spooled_while_the_server_is_away_and_sent_later(tmp_path, tracking_server):

@@ -11,20 +11,21 @@ then: MLflow 3 creates a LoggedModel through REST calls of its own (create, link
 upload into the model's own artifact location) that the spool does not carry, and each would
 wait out minutes of MLflow's retries against a server that is away. A model that could not be
 logged costs a warning, never the finished training: the checkpoints stay the run's artifacts.
-It takes a few seconds on a CPU (measured for resnet20: 2 s once torch.export is warm, about
-10 s in a fresh process on a busy 2-core machine).
+It takes seconds on a CPU, most of it torch.export's (resnet20, on a shared 2-core machine: 2-3 s
+once torch.export is warm, 10-20 s for the first export in a process).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import torch
 from mlflow.entities import LoggedModel, Run
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 
 from hpcsweep.errors import UserError
 from hpcsweep.tracking.client import check_tracking_server
@@ -63,17 +64,11 @@ def log_best_model(
         signature = infer_signature(example.numpy(), network(example).numpy())
     try:
         model = new_logged_model(mlflow.MlflowClient(uri).get_run(run_id))
-        mlflow.pytorch.log_model(
-            network,
-            name=MODEL_NAME,
-            model_id=model.model_id,
-            run_id=run_id,
-            signature=signature,
-            input_example=example.numpy(),
-            serialization_format="pt2",
-            pip_requirements=mlflow.pytorch.get_default_pip_requirements(),  # inferring them loads the model again
-            step=step,
-        )
+        with warnings.catch_warnings():
+            # torch.export on weights it just loaded on the CPU: "may cause issues when your weights
+            # are not on CPU", which they are
+            warnings.filterwarnings("ignore", message="No complete tensor found")
+            log_model(network, model, run_id, example, signature, step)
     except Exception as error:  # any: the training finished, and its checkpoints are logged anyway
         log.warning(
             "no model logged for run %s into %s (%s: %s)",
@@ -82,3 +77,24 @@ def log_best_model(
             type(error).__name__,
             redact_text(str(error)),
         )
+
+
+def log_model(
+    network: torch.nn.Module,
+    model: LoggedModel,
+    run_id: str,
+    example: torch.Tensor,
+    signature: ModelSignature,
+    step: int,
+) -> None:
+    mlflow.pytorch.log_model(
+        network,
+        name=MODEL_NAME,
+        model_id=model.model_id,
+        run_id=run_id,
+        signature=signature,
+        input_example=example.numpy(),
+        serialization_format="pt2",
+        pip_requirements=mlflow.pytorch.get_default_pip_requirements(),  # inferring them loads the model again
+        step=step,
+    )

@@ -119,7 +119,7 @@ class TrackedRun:
         # a run someone else created without saying what made it (MLflow's own runs, `mlflow run`'s and
         # the grid launcher's say it already)
         mlflow.set_tags({**missing_tags(run, source_tags(SOURCE_NAME, "LOCAL")), **tags})
-        (prepared_dataset(self.config.data.prepared_dir, tags["data_md5"]), context=DATASET_CONTEXT)
+        mlflow.log_input(prepared_dataset(self.config.data.prepared_dir, tags["data_md5"]), context=DATASET_CONTEXT)
         # the whole config, paths and all (passwords in URIs redacted: every reader of the
         # experiment sees it), for whoever reproduces the run. Uploaded now, not at the
         # end: MLflow builds a run's artifact repository at its first upload, from a get_run that

@@ -1,10 +1,11 @@
 """What the MLflow UI reads from an experiment and a run beyond params and metrics.
 
-- The experiment kind: MLflow 3's UI opens an experiment without the `mlflow.experimentKind` tag
-  as a GenAI project (traces, sessions, "Detect issues"); `custom_model_development` opens the
-  runs table and charts. Every experiment hpcsweep creates or logs into gets it, unless the user
-  set a kind already. The name and value are the UI's own (mlflow/server/js: the kind selector
-  writes this tag); MLflow's Python package has no constant for them.
+- The experiment kind: the `mlflow.experimentKind` tag, `custom_model_development`, says the
+  experiment trains models (MLflow's UI writes it from its kind selector; MLflow's Python package has
+  no constant for it). Every experiment hpcsweep creates or logs into gets it, unless the user set a
+  kind already. MLflow 3.17's UI itself opens every experiment in the mode of its own GenAI / Model
+  training switch (GenAI unless changed, seen in a browser; the tag only adds "Training runs" to
+  the GenAI pages), so the printed address asks for the model-training view in its URL.
 - The source: `mlflow.source.name`/`type` (the Source column), set where MLflow did not.
 - The dataset: the prepared folder as an MLflow dataset input with the data's digest (the Dataset
   column, and the same digest in two runs says they trained on the same data).
@@ -35,6 +36,7 @@ DATASET_SCHEMA = Schema(
     [TensorSpec(np.dtype(np.uint8), (-1, 3, 32, 32), "images"), TensorSpec(np.dtype(np.int64), (-1,), "labels")]
 )
 UI_PORT = 5000  # `mlflow ui`'s default
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # the UI's switch, as a URL query (kept while navigating)
 
 
 def experiment_kind_tags() -> dict[str, str]:
@@ -65,7 +67,7 @@ def prepared_dataset(prepared_dir: str, digest: str) -> MetaDataset:
 
 def run_address(uri: str, run: Run) -> str:
     """One line that says where to see the run: its page on a server, else the `mlflow ui` to start."""
-    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?{MODEL_TRAINING_VIEW}"
     where = (
         f"{redact(uri).rstrip('/')}/{page}"
         if is_server(uri)
