@@ -28,6 +28,7 @@ from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.slurm import SlurmExecutor
 from hpcsweep.grid.launch import CLIENT_THREADS, LaunchOptions, launch
 from hpcsweep.grid.spec import load_grid
+from hpcsweep.tracking.experiments import experiment_id
 
 GRID = """name: launch-benchmark
 experiment: launch-benchmark
@@ -56,7 +57,7 @@ def time_child_runs(server: str, count: int) -> float:
     grid_file.write_text(GRID)
     grid = load_grid(grid_file, Path("params.yaml"), parse_overrides([]))
     client = mlflow.MlflowClient(server)
-    experiment = grid_runs.experiment_id(client, grid.experiment)
+    experiment = experiment_id(client, grid.experiment)
     started = time.perf_counter()
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # as launch does
         list(

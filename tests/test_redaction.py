@@ -21,6 +21,7 @@ from hpcsweep.grid.spec import load_grid
 from hpcsweep.grid.status import status_rows
 from hpcsweep.report.records import fetch_records
 from hpcsweep.tracking.client import check_tracking_server
+from hpcsweep.tracking.experiments import experiment_id
 
 PASSWORD = "pw-" + uuid.uuid4().hex
 
@@ -82,7 +83,7 @@ def test_the_launch_runs_artifacts_hold_no_password(client, project, tmp_path):
         dict(assignment.split("=", 1) for assignment in secret_uris),
     )
     assert grid.points[0].config.tracking.uri == client.tracking_uri  # the jobs' points files keep it
-    experiment = grid_runs.experiment_id(client, f"secret-{uuid.uuid4().hex[:8]}")
+    experiment = experiment_id(client, f"secret-{uuid.uuid4().hex[:8]}")
     command = f"hpcsweep grid grid.yaml -s {secret_uris[0]} -s {secret_uris[1]}"
     parent = grid_runs.create_parent(client, grid, experiment, command)
 

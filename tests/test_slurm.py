@@ -172,8 +172,9 @@ def test_a_job_requeued_again_and_again_without_an_epoch_stops_after_its_budget(
     assert reason.startswith(f"job {job} was requeued 2 times in a row without finishing an epoch")
     assert [path.name for path in folder.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_2.ckpt"]
     status = hpcsweep(["status", name], slurm_project, tracking_server, env=environment_with_slurm(tracking_server))
-    [row] = status.stdout.splitlines()[1:-1]
+    [row, log_line] = status.stdout.splitlines()[1:-1]
     assert row.startswith("FAILED") and "FAILED" in row.split()[1] and row.endswith(f"({reason})")
+    assert log_line.split() == ["log:", str(next(slurm_project.glob(f"runs/{name}/*/logs/*.out")).resolve())]
 
 
 def test_cancel_stops_a_running_grid_and_marks_its_runs_killed(slurm_project, tracking_server):

@@ -17,8 +17,9 @@ from mlflow.models import get_model_info
 from helpers.project import commit_all
 from helpers.runs import QUICK, TINY, environment, hpcsweep, overrides, runs_of, write_grid
 from helpers.services import free_port
-from hpcsweep.grid.runs import create_child, create_parent, experiment_id
+from hpcsweep.grid.runs import create_child, create_parent
 from hpcsweep.grid.spec import load_grid
+from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.sender import send_unsent
 from hpcsweep.tracking.spool import Spool
@@ -129,3 +130,16 @@ def test_a_model_is_not_logged_when_the_server_is_away_at_the_end(tmp_path, capl
     away = f"http://127.0.0.1:{free_port()}"
     log_best_model(away, "run", checkpoint, network_from=lambda path: pytest.fail("built the model"), step=0)
     assert re.search(r"no model logged for run run: tracking server .* does not answer", caplog.text)
+
+
+def test_an_experiment_on_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """Created from another folder (a subfolder, or the copy `dvc exp run --temp` trains in and then
+    deletes), an experiment's artifacts still land beside the project's mlflow.db, in mlruns/."""
+    project, copy = tmp_path / "project", tmp_path / "copy"
+    project.mkdir(), copy.mkdir()
+    monkeypatch.chdir(copy)
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    run = client.create_run(experiment_id(client, "optimizers study"))
+    client.log_text(run.info.run_id, "kept", "note.txt")
+    [note] = (project / "mlruns").rglob("note.txt")
+    assert note.read_text() == "kept" and not (copy / "mlruns").exists()

@@ -32,6 +32,7 @@ from hpcsweep.grid.executors.base import Batch, Executor
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
 from hpcsweep.tracking.credentials import redact_text
+from hpcsweep.tracking.experiments import experiment_id
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16
@@ -143,7 +144,7 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
         report_files(grid, batches, "dry run: nothing submitted, no run created")
         return folder
     client = mlflow.MlflowClient(uri)
-    experiment = grid_runs.experiment_id(client, grid.experiment)
+    experiment = experiment_id(client, grid.experiment)
     todo = points_to_run(client, grid, options)
     if not todo:
         print(f"{grid.name}: all {len(grid.points)} points already have a finished run or a live job; nothing to do")

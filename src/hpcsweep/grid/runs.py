@@ -23,18 +23,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.credentials import redact_text, redact_values
 from hpcsweep.tracking.tags import git_source_tags, logged_params
-from hpcsweep.tracking.ui_metadata import ensure_experiment_kind, experiment_kind_tags, source_tags
+from hpcsweep.tracking.ui_metadata import source_tags
 
 ROLE = "hpcsweep.role"
 ACTIVE = ("SCHEDULED", "RUNNING")
-
-
-def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
-    found = client.get_experiment_by_name(name)
-    if not found:
-        return client.create_experiment(name, tags=experiment_kind_tags())
-    ensure_experiment_kind(client, found.experiment_id)
-    return found.experiment_id
 
 
 def launch_source(grid: Grid, source_type: int) -> dict[str, str]:

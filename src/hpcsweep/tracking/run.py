@@ -38,6 +38,7 @@ from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
 from hpcsweep.tracking.client import tracking_uri
 from hpcsweep.tracking.credentials import redact_values
+from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.run_folder import RunFolder
 from hpcsweep.tracking.tags import FAILURE_REASON, logged_params, run_tags
@@ -110,8 +111,8 @@ class TrackedRun:
         if run_id:
             run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         else:
-            experiment = mlflow.set_experiment(self.config.tracking.experiment)
-            run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=False)
+            experiment = experiment_id(mlflow.MlflowClient(), self.config.tracking.experiment)
+            run = mlflow.start_run(experiment_id=experiment, log_system_metrics=False)
         # written straight to the server, not spooled: it must answer while a run opens anyway
         ensure_experiment_kind(mlflow.MlflowClient(), run.info.experiment_id)
         log_missing_params(run.info.run_id, self.params)
