@@ -50,6 +50,7 @@ def repo(tmp_path, synthetic_archive) -> Path:
     copy_project_sources(tmp_path, "dvc.yaml", "params.yaml", "src", ".dvcignore")
     edit_params(tmp_path, "data", archive=str(synthetic_archive))
     edit_params(tmp_path, "train", **TINY_TRAINING)
+    edit_params(tmp_path, "tracking", log_model=False)  # seconds per training; the make-run test logs them
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
     copy_project_sources(tmp_path, ".dvc/plots")  # the project's plot templates, beside the config dvc init wrote
@@ -111,6 +112,7 @@ def write_tiny_study(repo: Path) -> dict:
 def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_up_to_date(repo):
     """`make run` is `dvc repro report`: download -> prepare -> study (the grid, here) -> report."""
     spec = write_tiny_study(repo)
+    edit_params(repo, "tracking", log_model=True)  # as params.yaml has it
     out = run(["dvc", "repro", "report"], repo)
     for stage in ("download", "prepare", "study", "report"):
         assert f"Running stage '{stage}'" in out, stage
@@ -134,18 +136,27 @@ def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_u
     assert curves["encoding"]["color"]["field"] == "configuration"  # one line per configuration
     assert {point["configuration"] for point in curves["data"]["values"]} == trained
     assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "report"], repo)
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    points = {run.info.run_id for run in client.search_runs(experiments, "tags.`hpcsweep.role` = 'point'")}
+    assert {model.source_run_id for model in client.search_logged_models(experiments)} == points  # one model each
 
 
-def test_an_experiment_in_a_temporary_copy_with_set_params_logs_into_the_projects_store(repo):
-    """`dvc exp run --temp -S` rewrites params.yaml without the quotes of `time: "10:00:00"` (a base-60
-    integer to YAML 1.1) and trains in a copy under .dvc/tmp/exps that is deleted afterwards."""
+@pytest.mark.parametrize("where", ["--temp", "--queue"])
+def test_an_experiment_in_a_temporary_copy_with_set_params_logs_into_the_projects_store(repo, where):
+    """`dvc exp run --temp -S` (or `--queue`, then `--run-all`) rewrites params.yaml without the quotes of
+    `time: "10:00:00"` (a base-60 integer to YAML 1.1) and trains in a copy under .dvc/tmp/exps that is
+    deleted afterwards."""
     edit_params(repo, "slurm", time="10:00:00")
     run(["git", "commit", "-qam", "a ten-hour limit"], repo)
-    run(["dvc", "exp", "run", "--temp", "train", "-S", "train.optimizer=adam", "--name", "adam"], repo)
+    run(["dvc", "exp", "run", where, "train", "-S", "train.optimizer=adam", "--name", "adam"], repo)
+    if where == "--queue":
+        run(["dvc", "exp", "run", "--run-all"], repo)
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [(r.data.params["optimizer"], r.info.status) for r in runs] == [("adam", "FINISHED")]
     assert any(folder.is_dir() and any(folder.iterdir()) for folder in (repo / "checkpoints").iterdir())
+    assert list((repo / "mlruns").rglob("config.json")), "the run's artifacts were deleted with the copy"
     experiment = experiment_named(run_json(["dvc", "exp", "show", "--json"], repo), "adam")
     assert experiment["metrics"]["metrics/train.json"]["data"]["status"] == "FINISHED"
     rewritten = repo / "experiment-params.yaml"  # the file as DVC rewrote it, read back as hpcsweep reads it
