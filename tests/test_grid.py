@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers.project import ROOT
+from helpers.project import ROOT, shipped_params
 from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch
@@ -437,11 +437,12 @@ def test_a_rendered_job_script_turns_telemetry_off_unless_the_job_environment_ch
 
 def test_a_grid_whose_base_runs_one_epoch_expands_with_the_default_warmup_fitted(tmp_path):
     spec = {"name": "short", "base": {"max_epochs": 1}, "grid": {"optimizer": ["sgd", "adam"]}}
-    grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
+    params = shipped_params(tmp_path / "params.yaml")  # its 1-epoch warm-up, whatever a user set here
+    grid = load_grid(write_grid(tmp_path, spec), params, {})
     assert [p.config.train.warmup_epochs for p in grid.points] == [0.5, 0.5]
     point = {**spec, "base": {"max_epochs": 1, "warmup_epochs": 1}}  # set on purpose: refused
     with pytest.raises(UserError, match=r"warmup_epochs=1\.0 must be < max_epochs=1"):
-        load_grid(write_grid(tmp_path, point), ROOT / "params.yaml", {})
+        load_grid(write_grid(tmp_path, point), params, {})
 
 
 def test_grid_finds_the_projects_params_file_from_a_subfolder(project):

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from helpers.project import ROOT
+from helpers.project import ROOT, shipped_params
 from helpers.runs import TINY, environment
 
 CONDA_ENV_KEYS = {"name", "channels", "dependencies"}  # what an environment.yml may hold, less prefix and variables
@@ -241,7 +241,7 @@ SECTION_PARAMETERS = {
 }
 
 
-def test_mlproject_train_parameters_are_every_train_key_and_the_other_keys_users_set():
+def test_mlproject_train_parameters_are_every_train_key_and_the_other_keys_users_set(tmp_path):
     """`mlflow run` logs every parameter, defaults included, before hpcsweep logs its params, and a
     logged param never changes: a parameter hpcsweep logs defaults to params.yaml's value, the
     others to "null", which passes no `-s` and so keeps params.yaml's value."""
@@ -249,7 +249,7 @@ def test_mlproject_train_parameters_are_every_train_key_and_the_other_keys_users
     from hpcsweep.tracking.tags import logged_params
 
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train"]
-    config = load_config(ROOT / "params.yaml")
+    config = load_config(shipped_params(tmp_path / "params.yaml"))
     assert list(entry["parameters"]) == [f.name for f in dataclasses.fields(config.train)] + list(SECTION_PARAMETERS)
     logged = logged_params(config)
     for name, spec in entry["parameters"].items():

@@ -41,3 +41,14 @@ def commit_all(folder: Path, *paths: str) -> str:
     for command in (["init", "-q"], ["add", *paths], ["commit", "-qm", "project"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=folder, check=True)
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True).stdout.strip()
+
+
+def shipped_params(destination: Path) -> Path:
+    """params.yaml as the project ships it (its committed version), for tests of the shipped defaults:
+    the README tells users to edit the file (data.archive offline, `dvc exp run -S` in the
+    workspace), and their edits must not fail `make test`. Outside a git checkout, the file as it is."""
+    shipped = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    if shipped.returncode != 0:
+        return ROOT / "params.yaml"
+    destination.write_text(shipped.stdout)
+    return destination
