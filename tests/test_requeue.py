@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import mlflow
 import pytest
@@ -66,7 +67,7 @@ def test_requeues_without_a_finished_epoch_are_counted_per_job_and_one_requeue_c
 @pytest.mark.slow
 def test_a_job_past_its_requeue_budget_ends_its_run_failed_with_the_reason(prepared, tracking_server):
     project = prepared.parent.parent
-    experiment = f"budget{os.getpid()}"
+    experiment = f"budget-{uuid.uuid4().hex[:8]}"  # unique: test_slurm names a grid budget<pid> on the same server
     settings = [*QUICK, f"tracking.experiment={experiment}", "slurm.max_requeues=2"]
     config = load_config(project / "params.yaml", settings)
     RunFolder.under(config.tracking.checkpoint_dir, config.hash).path.mkdir(parents=True)
