@@ -27,7 +27,7 @@ from helpers.services import (
     seaweedfs,
     server_environment,
 )
-from helpers.synthetic import write_archive
+from helpers.synthetic import VAL_SIZE, write_archive
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,9 +76,12 @@ def synthetic_archive(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """A copy of the project's params.yaml in a temp folder, with data paths inside it."""
+    """A copy of the project's params.yaml in a temp folder, with data paths inside it and a
+    validation split the synthetic archive can give."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(raw_dir=str(tmp_path / "data/raw"), prepared_dir=str(tmp_path / "data/prepared"))
+    params["data"].update(
+        raw_dir=str(tmp_path / "data/raw"), prepared_dir=str(tmp_path / "data/prepared"), val_size=VAL_SIZE
+    )
     params["tracking"]["log_model"] = False  # 10-20 s per training on CI's CPUs; test_ui_metadata.py turns it on
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
@@ -92,7 +95,7 @@ def prepared(project, synthetic_archive) -> Path:
 
     raw, out = project / "data/raw", project / "data/prepared"
     import_archive(synthetic_archive, raw)
-    prepare(raw, out)
+    prepare(raw, out, VAL_SIZE)
     return out
 
 

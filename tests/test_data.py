@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.synthetic import BATCHES, CLASSES, batch, write_archive
+from helpers.synthetic import BATCHES, CLASSES, VAL_SIZE, batch, write_archive
 from hpcsweep.data.cifar10 import ARCHIVE_NAME, MAX_MEMBER_BYTES, download, import_archive, read_archive
 from hpcsweep.data.prepare import prepare
 from hpcsweep.errors import UserError
@@ -35,16 +35,18 @@ def test_reader_returns_official_shapes_and_labels(synthetic_archive):
 
 def test_prepare_writes_tensors_and_train_split_stats(synthetic_archive, tmp_path):
     raw = import_archive(synthetic_archive, tmp_path / "raw").parent
-    stats = prepare(raw, tmp_path / "prepared")
+    stats = prepare(raw, tmp_path / "prepared", VAL_SIZE)
     train = torch.load(tmp_path / "prepared/train.pt", weights_only=True)
+    val = torch.load(tmp_path / "prepared/val.pt", weights_only=True)
     test = torch.load(tmp_path / "prepared/test.pt", weights_only=True)
-    assert train["images"].dtype == torch.uint8 and train["images"].shape == (300, 3, 32, 32)
-    assert test["labels"].shape == (60,)
-    expected = train["images"].double().div(255)
+    assert train["images"].dtype == torch.uint8 and train["images"].shape == (300 - VAL_SIZE, 3, 32, 32)
+    assert val["labels"].shape == (VAL_SIZE,) and test["labels"].shape == (60,)
+    expected = train["images"].double().div(255)  # the remaining training images only
     assert stats["mean"] == pytest.approx(expected.mean(dim=(0, 2, 3)).tolist(), abs=1e-5)
     assert stats["std"] == pytest.approx(expected.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-5)
     on_disk = json.loads((tmp_path / "prepared/stats.json").read_text())
-    assert on_disk["images"] == {"train": 300, "test": 60} and len(on_disk["classes"]) == 10
+    assert on_disk["images"] == {"train": 300 - VAL_SIZE, "val": VAL_SIZE, "test": 60} and len(on_disk["classes"]) == 10
+    assert on_disk["validation"]["size"] == VAL_SIZE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]
 
 
@@ -115,18 +117,18 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
 def test_failed_prepare_keeps_the_previous_output(tmp_path, synthetic_archive):
     raw = import_archive(synthetic_archive, tmp_path / "raw").parent
-    prepare(raw, tmp_path / "prepared")
+    prepare(raw, tmp_path / "prepared", VAL_SIZE)
     before = {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()}
     (raw / ARCHIVE_NAME).write_bytes(synthetic_archive.read_bytes()[:5000])
     with pytest.raises(UserError, match="not a readable"):
-        prepare(raw, tmp_path / "prepared")
+        prepare(raw, tmp_path / "prepared", VAL_SIZE)
     assert {p.name: p.read_bytes() for p in (tmp_path / "prepared").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]
 
 
 def test_prepare_without_archive_says_to_download_first(tmp_path):
     with pytest.raises(UserError, match="not found; run `hpcsweep download` first"):
-        prepare(tmp_path / "raw", tmp_path / "prepared")
+        prepare(tmp_path / "raw", tmp_path / "prepared", VAL_SIZE)
     assert not (tmp_path / "prepared").exists()
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from helpers.project import ROOT, copy_project_sources
+from helpers.synthetic import VAL_SIZE
 from hpcsweep.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def edit_params(repo: Path, section: str, **values) -> None:
 @pytest.fixture
 def repo(tmp_path, synthetic_archive) -> Path:
     copy_project_sources(tmp_path, "dvc.yaml", "params.yaml", "src", ".dvcignore")
-    edit_params(tmp_path, "data", archive=str(synthetic_archive))
+    edit_params(tmp_path, "data", archive=str(synthetic_archive), val_size=VAL_SIZE)
     edit_params(tmp_path, "train", **TINY_TRAINING)
     edit_params(tmp_path, "tracking", log_model=False)  # seconds per training; the make-run test logs them
     run(["git", "init", "-q"], tmp_path)
@@ -80,12 +81,16 @@ def test_a_train_param_change_reruns_only_train(repo):
     assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
 
 
-def test_editing_the_prepare_source_reruns_prepare_but_not_download(repo):
+def test_editing_the_prepare_source_or_val_size_reruns_prepare_but_not_download(repo):
     run(["dvc", "repro", "prepare"], repo)
     with open(repo / "src/hpcsweep/data/prepare.py", "a") as source:
         source.write("\n# touched\n")
     out = run(["dvc", "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
+    edit_params(repo, "data", val_size=20)
+    out = run(["dvc", "repro", "prepare"], repo)
+    assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
+    assert json.loads((repo / "data/prepared/stats.json").read_text())["validation"]["size"] == 20
 
 
 def test_editing_the_report_code_leaves_training_up_to_date_and_training_code_does_not(repo):

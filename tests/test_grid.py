@@ -82,6 +82,53 @@ def test_bad_grid_files_are_one_clear_line(tmp_path, spec, expected):
     assert expected in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
 
 
+TUNED = {"name": "x", "grid": {"optimizer": ["sgd", "adam"], "lr": [0.1, 0.01]}, "base": {"max_epochs": 4}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"tune": ["momentum"]}, "tune: 'momentum' is not varied by the grid; a tuned key is a grid axis or a variant"),
+        ({"tune": "lr"}, "tune must be a list, got str"),
+        ({"prune": {"rule": "hyperband"}}, "prune.rule='hyperband': valid: median, percentile, successive_halving"),
+        ({"prune": "median"}, "prune must be a mapping, e.g. {rule: median, rung_epochs: [1, 2]}, got 'median'"),
+        ({"prune": {"rule": "median"}}, "prune.rung_epochs is required for rule median"),
+        ({"prune": {"rule": "median", "rung_epochs": [1], "min_epochs": 1}}, "prune.min_epochs: not a key of rule"),
+        (
+            {"prune": {"rule": "median", "rung_epochs": [2, 1]}},
+            "prune.rung_epochs=[2, 1]: expected epochs in increasing",
+        ),
+        ({"prune": {"rule": "median", "rung_epochs": [0]}}, "prune.rung_epochs=0: expected a whole number >= 1"),
+        ({"prune": {"rule": "median", "rung_epochs": [1], "startup_points": True}}, "startup_points=True: expected"),
+        ({"prune": {"rule": "percentile", "rung_epochs": [1], "keep_percent": 100}}, "keep_percent=100: expected a"),
+        (
+            {"prune": {"rule": "successive_halving", "reduction_factor": 1}},
+            "prune.reduction_factor=1: expected a whole",
+        ),
+        ({"prune": {"rule": "median", "rung_epochs": [4, 8]}}, "prune: no rung comes before max_epochs=4, so no"),
+    ],
+)
+def test_bad_tune_and_prune_keys_are_one_clear_line(tmp_path, changes, expected):
+    path = write_grid(tmp_path, {**TUNED, **changes})
+    with pytest.raises(UserError) as error:
+        load_grid(path, ROOT / "params.yaml", {})
+    assert expected in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_tuned_keys_and_pruning_settings_are_read_from_the_grid_file(tmp_path):
+    spec = {
+        **TUNED,
+        "variants": [{"optimizer": "sgd", "momentum": 0.8}],
+        "tune": ["lr", "momentum"],
+        "prune": {"rule": "successive_halving", "min_epochs": 1, "reduction_factor": 3},
+    }
+    grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
+    assert grid.tune == ("lr", "momentum")  # an axis and a variant key
+    assert grid.prune.rule == "successive_halving" and grid.prune.rungs(max_epochs=4) == [1, 3]
+    untuned = load_grid(write_grid(tmp_path, TUNED), ROOT / "params.yaml", {})
+    assert untuned.tune == () and untuned.prune is None
+
+
 def test_a_yaml_error_names_its_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\ngrid:\n  lr: [0.1, 0.2\nseeds: [0]\n")

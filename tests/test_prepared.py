@@ -1,5 +1,6 @@
-"""The prepared folder read back: a damaged train.pt, test.pt or stats.json is one line naming the
-file, and `hpcsweep train` says so before any MLflow run exists."""
+"""The prepared folder read back: a damaged train.pt, val.pt, test.pt or stats.json, or a folder
+prepared before the validation split existed, is one line naming the file, and `hpcsweep train`
+says so before any MLflow run exists."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from helpers.runs import QUICK, hpcsweep, overrides, runs_of
+from helpers.synthetic import VAL_SIZE
 from hpcsweep.data.prepared import check_prepared
 from hpcsweep.errors import UserError
 
@@ -22,6 +24,16 @@ def rewrite_stats(prepared: Path, **changes) -> None:
 def resave_train(prepared: Path, **changes) -> None:
     tensors = torch.load(prepared / "train.pt", weights_only=True)
     torch.save({**tensors, **changes}, prepared / "train.pt")
+
+
+def without_keys(prepared: Path, *keys: str) -> None:
+    """stats.json as a prepare from before the validation split wrote it."""
+    stats = json.loads((prepared / "stats.json").read_text())
+    stats["images"].pop("val")
+    (prepared / "stats.json").write_text(json.dumps({k: v for k, v in stats.items() if k not in keys}))
+
+
+TRAIN = 300 - VAL_SIZE  # the synthetic archive's training images left after the validation split
 
 
 def truncate(path: Path) -> None:
@@ -38,17 +50,17 @@ DAMAGE = {
         "not a readable prepared split (Weights only load failed",
     ),
     "float images": (
-        lambda p: resave_train(p, images=torch.zeros(300, 3, 32, 32)),
+        lambda p: resave_train(p, images=torch.zeros(TRAIN, 3, 32, 32)),
         "train.pt",
-        "images are float32 (300, 3, 32, 32); expected uint8 N x 3 x 32 x 32",
+        f"images are float32 ({TRAIN}, 3, 32, 32); expected uint8 N x 3 x 32 x 32",
     ),
     "float labels": (
-        lambda p: resave_train(p, labels=torch.zeros(300)),
+        lambda p: resave_train(p, labels=torch.zeros(TRAIN)),
         "train.pt",
-        "labels are float32 (300,); expected int64 (300,), one per image",
+        f"labels are float32 ({TRAIN},); expected int64 ({TRAIN},), one per image",
     ),
     "label out of range": (
-        lambda p: resave_train(p, labels=torch.full((300,), 10)),
+        lambda p: resave_train(p, labels=torch.full((TRAIN,), 10)),
         "train.pt",
         "labels range 10..10; expected 0..9",
     ),
@@ -65,14 +77,32 @@ DAMAGE = {
     ),
     "stats.json zero std": (lambda p: rewrite_stats(p, std=[0.2, 0.0, 0.2]), "stats.json", "each > 0"),
     "stats.json counts text": (
-        lambda p: rewrite_stats(p, images={"train": "300", "test": 60}),
+        lambda p: rewrite_stats(p, images={"train": "300", "val": VAL_SIZE, "test": 60}),
         "stats.json",
-        "images={'train': '300', 'test': 60}; expected the image count",
+        f"images={{'train': '300', 'val': {VAL_SIZE}, 'test': 60}}; expected the image count",
     ),
     "counts disagree": (
-        lambda p: rewrite_stats(p, images={"train": 50000, "test": 60}),
+        lambda p: rewrite_stats(p, images={"train": 50000, "val": VAL_SIZE, "test": 60}),
         "train.pt",
-        "300 images, but stats.json counts 50000",
+        f"{TRAIN} images, but stats.json counts 50000",
+    ),
+    "val.pt missing": (lambda p: (p / "val.pt").unlink(), "val.pt", "not found; run `hpcsweep prepare`"),
+    "val.pt without a validation split": (
+        lambda p: rewrite_stats(
+            p, images={"train": TRAIN, "val": 0, "test": 60}, validation={"size": 0, "indices_sha256": "0" * 64}
+        ),
+        "val.pt",
+        "present, but stats.json counts 0 validation images; run `hpcsweep prepare` again",
+    ),
+    "validation size disagrees": (
+        lambda p: rewrite_stats(p, validation={"size": 7, "indices_sha256": "0" * 64}),
+        "stats.json",
+        f"...; expected the size {VAL_SIZE} and the indices' sha256",
+    ),
+    "prepared before the validation split": (
+        lambda p: without_keys(p, "validation"),
+        "stats.json",
+        "prepared before the validation split existed (no images.val or validation); run `hpcsweep prepare` again",
     ),
     "stats.json missing": (lambda p: (p / "stats.json").unlink(), "stats.json", "not found; run `hpcsweep prepare`"),
 }
@@ -80,7 +110,7 @@ DAMAGE = {
 
 def test_an_intact_prepared_folder_passes_and_gives_its_stats(prepared):
     stats = check_prepared(prepared)
-    assert stats["images"] == {"train": 300, "test": 60} and len(stats["mean"]) == 3
+    assert stats["images"] == {"train": TRAIN, "val": VAL_SIZE, "test": 60} and len(stats["mean"]) == 3
 
 
 @pytest.mark.parametrize("case", DAMAGE)

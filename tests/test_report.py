@@ -19,14 +19,17 @@ import pytest
 import yaml
 
 from helpers.project import ROOT
+from helpers.report_records import record
 from helpers.runs import environment, grid_command, write_grid
+from helpers.synthetic import VAL_SIZE
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.report import plots as report_plots
-from hpcsweep.report.analysis import configuration_table, configurations, pareto_front, scaling_frame
 from hpcsweep.report.build import REPORT_MARKER, analyse, build_report, check_out_dir, write_files
-from hpcsweep.report.records import IDENTITY, RunRecord, normalised
+from hpcsweep.report.frames import scaling_frame
+from hpcsweep.report.records import normalised
 from hpcsweep.report.render import display_rows
+from hpcsweep.report.table import configuration_table, configurations, pareto_front
 from hpcsweep.tracking.credentials import redact
 
 TINY = {"max_epochs": 2, "warmup_epochs": 0, "batch_size": 60, "base_batch_size": 60, "accelerator": "cpu"}
@@ -60,10 +63,12 @@ def study(tmp_path_factory, synthetic_archive, tracking_server) -> dict:
 
     project = tmp_path_factory.mktemp("report-project")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(raw_dir=str(project / "data/raw"), prepared_dir=str(project / "data/prepared"))
+    params["data"].update(
+        raw_dir=str(project / "data/raw"), prepared_dir=str(project / "data/prepared"), val_size=VAL_SIZE
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     import_archive(synthetic_archive, project / "data/raw")
-    prepare(project / "data/raw", project / "data/prepared")
+    prepare(project / "data/raw", project / "data/prepared", VAL_SIZE)
     name = f"report{os.getpid()}"
     grid = write_grid(
         project,
@@ -165,7 +170,8 @@ def test_the_failed_configuration_is_shown_and_never_averaged_in(study, built):
 def test_every_file_is_written_and_the_page_embeds_the_table_and_loadable_images(built):
     assert {path.name for path in built.iterdir()} == FILES
     page = (built / "index.html").read_text()
-    assert "<table class='sortable'>" in page and 'addEventListener("click"' in page
+    assert "<table class='sortable'>" in page and 'addEventListener("click"' in page and page.count("<script>") == 1
+    assert "CPU-hours" in page and "GPU-hours" not in page  # the study trained on the CPU
     assert all(f"<td data-sort='{word}'>{word}</td>" in page for word in ("sgd", "adam", "rmsprop"))
     images = re.findall(r"<img alt='[^']*' src='data:image/png;base64,([^']+)'>", page)
     assert len(images) == 3 and all(base64.b64decode(image).startswith(PNG) for image in images)
@@ -315,37 +321,6 @@ def test_pareto_front_on_a_hand_checked_table():
     assert pareto_front(table.iloc[:0]).tolist() == []
 
 
-def record(
-    run_id: str, status: str = "FINISHED", accuracy=(0.5, 0.6), seconds=(10.0, 10.0), speed=100.0, **params
-) -> RunRecord:
-    values = {name: "x" for name in IDENTITY} | {
-        "optimizer": "sgd",
-        "batch_size": "128",
-        "devices": "1",
-        "num_nodes": "1",
-        "strategy": "auto",
-        "micro_batch_size": "auto",
-        "target_accuracy": "0.9",
-        "seed": "0",
-    }
-    values |= {key: str(value) for key, value in params.items()}
-    finished = status == "FINISHED"
-    history = (
-        {
-            "val/acc": list(accuracy),
-            "epoch_time_s": list(seconds),
-            "train/loss": [2.0, 1.0][: len(accuracy)],
-            "train/images_per_s": [speed] * len(accuracy),
-        }
-        if finished
-        else {}
-    )
-    metrics = (
-        {"total_time_s": sum(seconds), "micro_batch_size": 64.0, "accumulate_grad_batches": 2.0} if finished else {}
-    )
-    return RunRecord(run_id, status, values, metrics, history)
-
-
 def test_seeds_are_aggregated_and_unfinished_seeds_are_counted_but_not_averaged():
     records = [
         record("a", accuracy=(0.4, 0.6), seed=0),
@@ -420,13 +395,17 @@ def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best
         for name in hours
     ]
     analysed = analyse(records, "hand-made", "test", target=0.85)
-    most, budget, fastest, advice, recomputed = analysed.sentences
-    assert recomputed.startswith("Time to target recomputed for val/acc 0.85")
-    assert most.startswith("Most accurate: optimizer=a (val/acc 0.9000 over 1 seed, 2 GPU-hours)")
+    fastest, most, budget, advice, recomputed = analysed.sentences
+    assert fastest == (
+        "Time to 85% val/acc (the target), fastest first: optimizer=b: 3600.0 s, 1 GPU-hours (1/1 seeds); "
+        "optimizer=a: 7200.0 s, 2 GPU-hours (1/1 seeds); never reached by optimizer=c."
+    )
+    assert most.startswith("Highest val/acc, not established: optimizer=a (val/acc 0.9000 over 1 seed, 2 GPU-hours)")
+    assert most.endswith("seeds needed to separate optimizer=a and optimizer=b: cannot say: one seed.")
     assert budget.startswith("Best under 1 GPU-hours (the median cost): optimizer=b")
-    assert fastest.startswith("Fastest to 85% val/acc (the target): optimizer=b, after 3600.0 s")
     assert advice.startswith("Recommendation: optimizer=b") and "for 50% of its GPU-hours" in advice
-    assert "single seed" in advice
+    assert "within 0.01 val/acc of the most accurate (optimizer=a)" in advice and "single seed" in advice
+    assert recomputed.startswith("Time to target recomputed for val/acc 0.85")
     assert analysed.front.tolist() == [True, True, True]
 
 

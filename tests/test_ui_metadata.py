@@ -1,5 +1,6 @@
 """What the MLflow UI shows of a study: the experiment kind (runs table, not GenAI pages), the
-run's git commit, dataset and model, system metrics by MLflow's own switch, and the run's address."""
+run's git commit, dataset and model, the device it trained on, system metrics by MLflow's own switch,
+and the run's address."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.sender import send_unsent
 from hpcsweep.tracking.spool import Spool
 from hpcsweep.tracking.store import spooled_writes
+from hpcsweep.tracking.tags import DEVICE_NAME, DEVICE_TYPE
 from hpcsweep.tracking.ui_metadata import EXPERIMENT_KIND, MODEL_TRAINING, run_address
 from hpcsweep.training.module import ResNetModule
 
@@ -50,6 +52,7 @@ def test_a_training_carries_the_kind_commit_dataset_model_system_metrics_and_add
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"] == commit and tags["git_commit"] == commit
     assert tags["mlflow.source.git.branch"] and tags["mlflow.source.type"] == "LOCAL"
+    assert tags[DEVICE_TYPE] == "CPU" and tags[DEVICE_NAME].strip()  # accelerator=cpu: the CPU's model
     [dataset] = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("cifar10-prepared", tags["data_md5"])
     assert str(prepared) in dataset.dataset.source and {t.key: t.value for t in dataset.tags} == {

@@ -60,10 +60,11 @@ def download(config, out: Path | None, archive: Path | None) -> None:
 def prepare(config, raw: Path | None, out: Path | None) -> None:
     """Turn the archive into tensors for training.
 
-    Validates the archive and writes uint8 tensors plus per-channel stats."""
+    Validates the archive, holds out data.val_size training images for validation and writes
+    uint8 tensors plus per-channel stats."""
     from hpcsweep.data.prepare import prepare as prepare_data
 
-    prepare_data(raw or Path(config.data.raw_dir), out or Path(config.data.prepared_dir))
+    prepare_data(raw or Path(config.data.raw_dir), out or Path(config.data.prepared_dir), config.data.val_size)
 
 
 @main.command()

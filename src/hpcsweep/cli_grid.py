@@ -24,7 +24,9 @@ from hpcsweep.errors import UserError
     help="Where points run: one after another here (local), or as SLURM job arrays (slurm).",
 )
 @click.option(
-    "--dry-run", is_flag=True, help="Write job scripts and point files, print where; submit and create nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Write job scripts and point files, print where and the estimated device-hours; submit and create nothing.",
 )
 @click.option(
     "--max-parallel", type=click.IntRange(min=1), help="At most N tasks of an array at once [slurm.max_parallel]."
@@ -53,7 +55,8 @@ def grid(
 ) -> None:
     """Run every point of a grid, here or on SLURM.
 
-    Every point of GRIDFILE runs here (local) or as SLURM job arrays, into one MLflow experiment."""
+    Every point of GRIDFILE runs here (local) or as SLURM job arrays, into one MLflow experiment.
+    --dry-run also estimates the grid's device-hours from earlier finished runs on the tracking store."""
     import shlex
     import sys
 
@@ -78,6 +81,17 @@ def grid(
         command=shlex.join(["hpcsweep", *sys.argv[1:]]),
     )
     launch(loaded, options)
+    if dry_run:
+        print_cost(loaded.points)
+
+
+def print_cost(points) -> None:
+    """The grid's estimated device-hours, from earlier runs on the store its points log to."""
+    from hpcsweep.grid.cost import grid_cost
+    from hpcsweep.tracking.client import absolute_uri, tracking_uri
+
+    for line in grid_cost([point.config for point in points], absolute_uri(tracking_uri(points[0].config))):
+        click.echo(line)
 
 
 @click.command()

@@ -63,6 +63,7 @@ class DataConfig:
     archive: str | None
     raw_dir: str
     prepared_dir: str
+    val_size: int = rule(ge=0)  # training images held out for validation by `hpcsweep prepare`
     loader: str = rule(choices=LOADERS)
 
 

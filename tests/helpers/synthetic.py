@@ -18,6 +18,9 @@ import numpy as np
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+# data.val_size for the synthetic archive: 5 of each class's ~30 training images held out, so
+# every training in the tests validates on a split of its own (300 train images -> 250 + 50)
+VAL_SIZE = 50
 
 
 def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

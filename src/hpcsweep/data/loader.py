@@ -6,6 +6,10 @@ worker processes, host-to-device copies and per-image Python from the step: load
 the bottleneck. The torchvision `DataLoader` path stays available (`data.loader: torchvision`)
 so the two can be compared on the same prepared tensors.
 
+Every epoch is evaluated on the held-out validation split (`val/*`) and on the test split
+(`test/*`), in that order; a folder prepared with `val_size: 0` has no validation split, and its
+test split is the one evaluation (`val/*`, as before the split existed).
+
 Under DDP every rank draws the same seeded permutation and takes every world_size-th index from
 it: disjoint shards of equal length, a new order each epoch, no sampler needed. The loader has
 `state_dict`/`load_state_dict`, which Lightning saves in checkpoints, so a resumed epoch
@@ -21,7 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hpcsweep.data.prepared import read_split, read_stats
+from hpcsweep.data.prepared import evaluation_splits, read_split, read_stats
 
 PAD = 4
 
@@ -162,7 +166,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.mean, self.std = load_stats(self.prepared_dir)
         self.train_split = load_split(self.prepared_dir, "train", self.limit)
-        self.test_split = load_split(self.prepared_dir, "test")
+        splits = evaluation_splits(read_stats(self.prepared_dir))
+        self.evaluation_splits = [load_split(self.prepared_dir, split) for split in splits]
 
     def device_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DeviceLoader:
         device = self.trainer.strategy.root_device
@@ -197,6 +202,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self.device_loader(self.train_split, train=True)
 
     def val_dataloader(self):
+        """One loader per evaluation split: validation_step's dataloader_idx says which."""
         if self.loader == "torchvision":
-            return self.torchvision_loader(self.test_split, train=False)
-        return self.device_loader(self.test_split, train=False)
+            return [self.torchvision_loader(split, train=False) for split in self.evaluation_splits]
+        return [self.device_loader(split, train=False) for split in self.evaluation_splits]

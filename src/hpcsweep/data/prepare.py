@@ -1,9 +1,14 @@
 """Turn the raw archive into what training reads: uint8 tensors and per-channel statistics.
 
-Training puts `train.pt` and `test.pt` (images N x 3 x 32 x 32 uint8, labels int64) on the
-device once and normalises there with `stats.json`'s mean and std, computed from the train split
-only so that nothing of the test split leaks into training. The folder is built under a
-temporary name and renamed into place: a failed prepare leaves the previous output untouched.
+`val_size` images of the official training split are held out as `val.pt` (validation.py: class
+balanced, the same whatever the training seed); the rest is `train.pt`, and the official test
+split `test.pt` (images N x 3 x 32 x 32 uint8, labels int64). Training puts them on the device once
+and normalises there with `stats.json`'s mean and std, computed from the remaining training images
+only so that nothing of the validation or test split leaks into training. stats.json also counts
+each split's images and records the validation split (its size and the sha256 of its indices).
+With val_size 0 there is no `val.pt` and training validates on the test split, as before.
+The folder is built under a temporary name and renamed into place: a failed prepare leaves the
+previous output untouched.
 """
 
 from __future__ import annotations
@@ -16,26 +21,32 @@ import torch
 
 from hpcsweep.atomic import atomic_dir
 from hpcsweep.data.cifar10 import ARCHIVE_NAME, CLASSES, Split, read_archive
+from hpcsweep.data.validation import hold_out, indices_sha256
 from hpcsweep.errors import UserError
 
 STATS_FILE = "stats.json"
-SPLIT_FILES = {"train": "train.pt", "test": "test.pt"}
+SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
 
 
-def prepare(raw_dir: Path, out_dir: Path) -> dict:
-    """Read and validate the archive in `raw_dir`, write tensors and stats to `out_dir`."""
+def prepare(raw_dir: Path, out_dir: Path, val_size: int) -> dict:
+    """Read and validate the archive in `raw_dir`, hold out `val_size` training images for
+    validation, write tensors and stats to `out_dir`."""
     archive = Path(raw_dir) / ARCHIVE_NAME
     if not archive.is_file():
         raise UserError(f"{archive}: not found; run `hpcsweep download` first (or --raw DIR)")
-    splits = read_archive(archive)
+    official = read_archive(archive)
+    train, val, indices = hold_out(official["train"], val_size)
+    splits = {"train": train, "val": val, "test": official["test"]}
     stats = {
-        **channel_stats(splits["train"].images),
+        **channel_stats(train.images),
         "classes": list(CLASSES),
         "images": {name: int(len(split.labels)) for name, split in splits.items()},
+        "validation": {"size": int(len(indices)), "indices_sha256": indices_sha256(indices)},
     }
     with atomic_dir(Path(out_dir)) as staging:
         for name, split in splits.items():
-            save_split(split, staging / SPLIT_FILES[name])
+            if name != "val" or val_size:  # no validation split: no val.pt
+                save_split(split, staging / SPLIT_FILES[name])
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     print(f"prepared {archive} -> {out_dir}: " + ", ".join(f"{n} {c}" for n, c in stats["images"].items()))
     return stats

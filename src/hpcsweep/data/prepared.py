@@ -1,16 +1,19 @@
-"""The prepared folder read back and checked: `train.pt`, `test.pt` and `stats.json`.
+"""The prepared folder read back and checked: `train.pt`, `val.pt` (if any), `test.pt`, `stats.json`.
 
 prepare.py writes them; every training reads them, on every rank. A file damaged since (a copy
 cut short, a full disk, an edit by hand) must fail as one line naming the file before an MLflow
 run exists, not as a traceback inside `trainer.fit` that leaves a FAILED run behind:
 `check_prepared` is that check, cheap enough for every start (the tensors are memory-mapped, so
 only their headers and the labels are read). The loader reads through the same functions.
+A folder prepared before the validation split existed (no `images.val`, no `validation`) is
+refused the same way: prepare it again, since every training now validates on its own split.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -26,13 +29,32 @@ def check_prepared(prepared_dir: Path) -> dict:
     """Check every prepared file and that they agree with each other; returns the stats."""
     stats = read_stats(prepared_dir)
     for split, name in SPLIT_FILES.items():
+        path, count = Path(prepared_dir) / name, stats["images"][split]
+        if split == "val" and not count:  # no validation split, so no val.pt either
+            if path.exists():
+                raise UserError(f"{path}: present, but {STATS_FILE} counts 0 validation images; {PREPARE_AGAIN}")
+            continue
         _, labels = read_split(prepared_dir, split, mmap=True)
-        if len(labels) != stats["images"][split]:
-            raise UserError(
-                f"{Path(prepared_dir) / name}: {len(labels)} images, but {STATS_FILE} counts "
-                f"{stats['images'][split]}; {PREPARE_AGAIN}"
-            )
+        if len(labels) != count:
+            raise UserError(f"{path}: {len(labels)} images, but {STATS_FILE} counts {count}; {PREPARE_AGAIN}")
     return stats
+
+
+def evaluation_splits(stats: dict) -> tuple[str, ...]:
+    """The splits a training evaluates every epoch, in order: its `val/*` split first, then the
+    split it reports as `test/*`; without a validation split, the test split stands in as `val/*`."""
+    return ("val", "test") if stats["images"]["val"] else ("test",)
+
+
+def check_val_size(val_size: int, stats: dict, prepared_dir: Path) -> None:
+    """A config whose data.val_size is not the one the folder was prepared with would validate
+    on another split than it asks for: refused before any run exists."""
+    prepared_with = stats["validation"]["size"]
+    if val_size != prepared_with:
+        raise UserError(
+            f"data.val_size={val_size} but {prepared_dir} was prepared with {prepared_with}; "
+            f"run `hpcsweep prepare` again (dvc repro prepare)"
+        )
 
 
 def read_stats(prepared_dir: Path) -> dict:
@@ -59,10 +81,22 @@ def stats_problem(stats: object) -> str | None:
             return f"{key}={short(values)}; expected 3 finite numbers" + (", each > 0" if key == "std" else "")
     if stats.get("classes") != list(CLASSES):
         return f"classes={short(stats.get('classes'))}; expected {list(CLASSES)}"
-    counts = stats.get("images")
-    if not isinstance(counts, dict) or not all(type(counts.get(split)) is int for split in SPLIT_FILES):
+    counts, validation = stats.get("images"), stats.get("validation")
+    if isinstance(counts, dict) and "val" not in counts or "validation" not in stats:
+        return "prepared before the validation split existed (no images.val or validation)"
+    if not isinstance(counts, dict) or not all(is_count(counts.get(split)) for split in SPLIT_FILES):
         return f"images={short(counts)}; expected the image count of each of {', '.join(SPLIT_FILES)}"
+    if (
+        not isinstance(validation, dict)
+        or validation.get("size") != counts["val"]
+        or not re.fullmatch(r"[0-9a-f]{64}", str(validation.get("indices_sha256")))
+    ):
+        return f"validation={short(validation)}; expected the size {counts['val']} and the indices' sha256"
     return None
+
+
+def is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 def is_channel_values(values: object) -> bool:

@@ -8,7 +8,10 @@ the launch folder (points files, job scripts, logs; a new one per launch, even t
 second), the parent and child runs, and one batch per resource shape handed to the executor (one
 sbatch each under SLURM; a shape with more points than the scheduler's largest job array becomes
 several batches). Messages show the tracking URI redacted. A relaunch skips points that
-already have a FINISHED run (or a live job) and resubmits failed and killed ones into new runs.
+already have a FINISHED or pruned run (or a live job) and resubmits failed and killed ones into
+new runs. A grid that prunes gets one Optuna study, created here before any job starts, in a
+journal file beside its launch folders (runs/GRID/), the same for every launch of the grid: a
+relaunched point is judged against the peers that earlier launches finished.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
 from hpcsweep.tracking.credentials import redact_text
 from hpcsweep.tracking.experiments import experiment_id
+from hpcsweep.training.prune_settings import PruneSettings, open_study
 
 LAUNCH_ROOT = Path("runs")
 CLIENT_THREADS = 16
 SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
+PRUNING_JOURNAL = "pruning.optuna-journal"  # in LAUNCH_ROOT/GRID: the grid's Optuna study
 
 
 @dataclass(frozen=True)
@@ -89,16 +94,25 @@ def cut(points: list[Point], size: int) -> list[list[Point]]:
     return [points[start : start + size] for start in range(0, len(points), size)]
 
 
-def write_points_file(batch: Batch, run_ids: dict[int, str]) -> None:
+def pruning_for_jobs(grid: Grid) -> PruneSettings | None:
+    """The grid's pruning settings with its study: named after the grid, in a journal at an absolute
+    path that every launch of the grid and every job (on any node of the shared file system) finds."""
+    if grid.prune is None:
+        return None
+    journal = (LAUNCH_ROOT / grid.name / PRUNING_JOURNAL).resolve()
+    return dataclasses.replace(grid.prune, study=grid.name, journal=str(journal))
+
+
+def write_points_file(batch: Batch, run_ids: dict[int, str], pruning: PruneSettings | None) -> None:
     """Readable as the umask allows, unless it holds a secret: jobs read the tracking URI here, and one
     taken from MLFLOW_TRACKING_URI may carry a password."""
-    document = grid_runs.points_document(batch.grid_name, batch.points, run_ids)
+    document = grid_runs.points_document(batch.grid_name, batch.points, run_ids, pruning)
     with atomic_file(batch.points_file, mode=PRIVATE if redact_text(document) != document else FILE_MODE) as temporary:
         temporary.write_text(document)
 
 
 def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOptions) -> list[Point]:
-    """All points, or (relaunch) those without a FINISHED run or a job still queued or running."""
+    """All points, or (relaunch) those without a FINISHED or pruned run or a job still queued or running."""
     if options.rerun:
         return grid.points
     latest = grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid.name))
@@ -106,7 +120,8 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
     alive = options.executor.live_jobs(jobs)
 
     def settled(run) -> bool:
-        return run.info.status == "FINISHED" or (grid_runs.is_active(run) and grid_runs.job_key(run) in alive)
+        ended = run.info.status == "FINISHED" or grid_runs.is_pruned(run)
+        return ended or (grid_runs.is_active(run) and grid_runs.job_key(run) in alive)
 
     return [p for p in grid.points if not (p.config.hash in latest and settled(latest[p.config.hash]))]
 
@@ -135,11 +150,12 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
     preflight(grid, options)
     executor = options.executor
     max_batch_size = executor.max_batch_size()
+    pruning = pruning_for_jobs(grid)
     if options.dry_run:
         folder = new_launch_folder(grid.name)
         batches = make_batches(grid, grid.points, folder, max_batch_size)
         for batch in batches:
-            write_points_file(batch, run_ids={})
+            write_points_file(batch, {}, pruning)
             executor.prepare(batch)
         report_files(grid, batches, "dry run: nothing submitted, no run created")
         return folder
@@ -147,7 +163,10 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
     experiment = experiment_id(client, grid.experiment)
     todo = points_to_run(client, grid, options)
     if not todo:
-        print(f"{grid.name}: all {len(grid.points)} points already have a finished run or a live job; nothing to do")
+        print(
+            f"{grid.name}: all {len(grid.points)} points already have a finished or pruned run or a live job; "
+            f"nothing to do"
+        )
         return None
     folder = new_launch_folder(grid.name)
     batches = make_batches(grid, todo, folder, max_batch_size)
@@ -155,12 +174,14 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
         executor.prepare(batch)
     for batch in batches:
         executor.test(batch)  # a partition or account the scheduler refuses: no run is created
+    if pruning:
+        open_study(pruning)  # once, before the jobs: they load it
     parent = grid_runs.create_parent(client, grid, experiment, options.command)
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # a round trip each: 1000 in sequence take minutes
         created = pool.map(lambda p: grid_runs.create_child(client, experiment, parent, grid, p), todo)
         run_ids = dict(zip((p.index for p in todo), created))
     for batch in batches:
-        write_points_file(batch, run_ids)
+        write_points_file(batch, run_ids, pruning)
     print(
         f"{grid.name}: {len(todo)} of {len(grid.points)} points to run, experiment {grid.experiment!r}, "
         f"parent run {parent}"

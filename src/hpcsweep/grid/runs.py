@@ -1,7 +1,8 @@
 """The MLflow side of a grid: a parent run per launch, a child run per point, and finding them again.
 
 Children are created at launch, before any job starts, with status SCHEDULED, their params and
-the tags `grid`, `config_hash` and `mlflow.parentRunId`; each job then trains into its own child
+the tags `grid`, `config_hash`, `mlflow.parentRunId` (and `hpcsweep.tuned`, the tuned keys joined by
+",", for a grid that tunes some); each job then trains into its own child
 through the run id in its points file, so the MLflow UI shows the whole study, queued points included, grouped
 under the launch. The experiment is created here, once, before jobs start: concurrent
 `set_experiment` calls from many jobs were seen to put runs into the Default experiment. It is
@@ -24,8 +25,10 @@ from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.credentials import redact_text, redact_values
 from hpcsweep.tracking.tags import git_source_tags, logged_params
 from hpcsweep.tracking.ui_metadata import source_tags
+from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
 
 ROLE = "hpcsweep.role"
+TUNED = "hpcsweep.tuned"  # the config keys a grid tunes per configuration, joined by ","
 ACTIVE = ("SCHEDULED", "RUNNING")
 
 
@@ -62,6 +65,7 @@ def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid
         MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250],
         "point": point.label,
         **launch_source(grid, SourceType.JOB),
+        **({TUNED: ",".join(grid.tune)} if grid.tune else {}),
     }
     run = client.create_run(experiment, tags=tags)
     client.log_batch(
@@ -104,14 +108,22 @@ def is_active(run: Run) -> bool:
     return run.info.status in ACTIVE
 
 
+def is_pruned(run: Run) -> bool:
+    """Stopped early on purpose (a grid's `prune:`): over, not to be run again."""
+    return status_name(run) == "KILLED" and PRUNED_AT_EPOCH in run.data.tags
+
+
 def status_name(run: Run) -> str:
     status = run.info.status
     return RunStatus.to_string(status) if isinstance(status, int) else status
 
 
-def points_data(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> dict:
+def points_data(
+    grid_name: str, points: list[Point], run_ids: dict[int, str], pruning: PruneSettings | None = None
+) -> dict:
     return {
         "grid": grid_name,
+        **({"pruning": pruning.to_dict()} if pruning else {}),
         "points": [
             {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
             for p in points
@@ -119,6 +131,9 @@ def points_data(grid_name: str, points: list[Point], run_ids: dict[int, str]) ->
     }
 
 
-def points_document(grid_name: str, points: list[Point], run_ids: dict[int, str]) -> str:
-    """The JSON task i of a job array reads its point from (entry i): full config, run to train into."""
-    return json.dumps(points_data(grid_name, points, run_ids), indent=1)
+def points_document(
+    grid_name: str, points: list[Point], run_ids: dict[int, str], pruning: PruneSettings | None = None
+) -> str:
+    """The JSON task i of a job array reads its point from (entry i): full config, run to train into;
+    and, for a grid that prunes, the settings and the study every task reports to."""
+    return json.dumps(points_data(grid_name, points, run_ids, pruning), indent=1)

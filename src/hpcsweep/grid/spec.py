@@ -8,6 +8,8 @@
     exclude: [{optimizer: rmsprop, batch_size: 1024}]
     seeds: [0, 1, 2]
     slurm: {partition: gpu, time: "02:00:00", ...}          # on top of params.yaml's slurm
+    tune: [lr]                             # keys tuned per configuration (grid axes or variant keys)
+    prune: {rule: median, rung_epochs: [5, 10], startup_points: 4}   # opt-in early stopping
 
 Keys are config keys: bare for `train`, dotted for other sections (`data.loader`).
 
@@ -18,6 +20,11 @@ keeps its base values (rmsprop above); a point selected by several variants beco
 per variant; and variants sharing no key with the grid select every point, which crosses the
 grid with the variants. `exclude` then drops points matching all keys of an entry, and `seeds`
 repeats each point once per seed.
+
+`tune` names the keys whose values are tuned rather than compared (each must be a grid axis or
+a variant key): every child run is tagged `hpcsweep.tuned` with them, and the report picks the
+best value per configuration. `prune` stops points far behind their peers at rung epochs
+(Optuna's pruners; prune_spec.py lists the rules and their keys).
 
 Precedence, lowest first: params.yaml, base, the point, the command line's `-s`. Every point is
 validated as a full config before anything is submitted; an error names the point. A grid over
@@ -35,8 +42,10 @@ from typing import Any
 
 from hpcsweep.config import Config, config_with, read_params_file, read_yaml_mapping
 from hpcsweep.errors import UserError
+from hpcsweep.grid.prune_spec import check_rungs, prune_settings
+from hpcsweep.training.prune_settings import PruneSettings
 
-GRID_KEYS = ("name", "experiment", "base", "grid", "variants", "exclude", "seeds", "slurm")
+GRID_KEYS = ("name", "experiment", "base", "grid", "variants", "exclude", "seeds", "slurm", "tune", "prune")
 MAX_POINTS_WITHOUT_YES = 1000
 
 
@@ -57,6 +66,8 @@ class Grid:
     experiment: str
     path: Path
     points: list[Point]
+    tune: tuple[str, ...] = ()  # the config keys tuned per configuration
+    prune: PruneSettings | None = None  # early stopping, when the grid file asks for it
 
 
 def matches(point: dict[str, Any], pattern: dict[str, Any]) -> bool:
@@ -116,6 +127,7 @@ def check_shape(path: Path, spec: dict[str, Any]) -> None:
         "exclude": list,
         "seeds": list,
         "slurm": dict,
+        "tune": list,
     }
     for key, kind in kinds.items():
         if key in spec and not isinstance(spec[key], kind):
@@ -126,6 +138,19 @@ def check_shape(path: Path, spec: dict[str, Any]) -> None:
     for key in ("variants", "exclude"):
         if any(not isinstance(entry, dict) for entry in spec.get(key) or []):
             raise UserError(f"{path}: every entry of {key} must be a mapping of keys to values")
+
+
+def tuned_keys(path: Path, spec: dict[str, Any]) -> tuple[str, ...]:
+    """The `tune` keys, each one the grid varies: a grid axis or a variant key."""
+    varied = [*(spec.get("grid") or {}), *(key for variant in spec.get("variants") or [] for key in variant)]
+    for key in spec.get("tune", []):
+        if key not in varied:
+            choices = ", ".join(dict.fromkeys(varied)) or "none"
+            raise UserError(
+                f"{path}: tune: {key!r} is not varied by the grid; a tuned key is a grid axis or a variant key "
+                f"(here: {choices})"
+            )
+    return tuple(dict.fromkeys(spec.get("tune", [])))
 
 
 def load_grid(
@@ -140,6 +165,8 @@ def load_grid(
     path = Path(path)
     spec = read_yaml_mapping(path, f"a grid mapping with keys {', '.join(GRID_KEYS)}")
     check_shape(path, spec)
+    tune = tuned_keys(path, spec)
+    prune = prune_settings(path, spec["prune"]) if "prune" in spec else None
     if not (spec.get("grid") or spec.get("variants") or spec.get("seeds")):
         raise UserError(f"{path}: empty grid: give at least one of grid, variants or seeds")
     if max_points is not None:
@@ -162,4 +189,6 @@ def load_grid(
         points.append(Point(len(points), assignments, config))
     if not points:
         raise UserError(f"{path}: the grid has no points (empty grid, or everything excluded)")
-    return Grid(spec["name"], experiment, path, points)
+    if prune:
+        check_rungs(path, prune, max(point.config.train.max_epochs for point in points))
+    return Grid(spec["name"], experiment, path, points, tune, prune)

@@ -3,8 +3,9 @@
 MLflow knows what training reported (status, last `val/acc`); SLURM knows what happened to the
 job (pending, requeued, killed for memory or time, node failure), including deaths that left
 the run RUNNING forever. Neither is enough alone, so a row shows both, and where a point did not
-finish, the log its array task wrote: the first place to look. `cancel` says what it will stop
-before it stops it.
+finish, the log its array task wrote: the first place to look. A point its grid's `prune:` stopped
+early shows as PRUNED with the epoch it stopped after, and is counted as pruned, whatever SLURM
+says of its job. `cancel` says what it will stop before it stops it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from hpcsweep.grid.executors import slurm, slurm_states
 from hpcsweep.grid.launch import SLURM_LOG
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.tags import FAILURE_REASON
+from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH
 
 # SLURM's end states of a task that did not do its work, and MLflow's of a run that did not end well
 DID_NOT_FINISH = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 DID_NOT_FINISH_RUN = {"FAILED", "KILLED"}
+PRUNED = "PRUNED"
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,12 @@ class Row:
     slurm_state: str
     val_acc: float | None
     run_id: str
-    failure_reason: str | None = None
+    reason: str | None = None  # why it failed, or when it was pruned
     log: str | None = None  # where the point's task logged, shown when it did not finish
 
     def line(self) -> str:
         accuracy = f"{self.val_acc:.4f}" if self.val_acc is not None else "-"
-        reason = f"  ({self.failure_reason})" if self.failure_reason else ""
+        reason = f"  ({self.reason})" if self.reason else ""
         row = f"{self.run_status:<10} {self.slurm_state:<14} {accuracy:>7}  {self.run_id}  {self.point}{reason}"
         return f"{row}\n{'':<10} log: {self.log}" if self.log else row
 
@@ -54,7 +57,14 @@ def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
 
 def log_of_unfinished(run: Run, slurm_state: str) -> str | None:
     unfinished = slurm_state in DID_NOT_FINISH or grid_runs.status_name(run) in DID_NOT_FINISH_RUN
-    return run.data.tags.get(SLURM_LOG) if unfinished else None
+    return run.data.tags.get(SLURM_LOG) if unfinished and not grid_runs.is_pruned(run) else None
+
+
+def run_state(run: Run) -> tuple[str, str | None]:
+    """The run's status as a row shows it, and why it ended so where that is known."""
+    if grid_runs.is_pruned(run):
+        return PRUNED, f"pruned at epoch {run.data.tags[PRUNED_AT_EPOCH]}"
+    return grid_runs.status_name(run), run.data.tags.get(FAILURE_REASON)
 
 
 def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
@@ -64,22 +74,22 @@ def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
     rows = []
     for run in runs:
         state = states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-"
-        rows.append(
-            Row(
-                run.data.tags.get("point", "?"),
-                grid_runs.status_name(run),
-                state,
-                run.data.metrics.get("val/acc"),
-                run.info.run_id,
-                run.data.tags.get(FAILURE_REASON),
-                log_of_unfinished(run, state),
-            )
-        )
+        status, reason = run_state(run)
+        point = run.data.tags.get("point", "?")
+        accuracy = run.data.metrics.get("val/acc")
+        rows.append(Row(point, status, state, accuracy, run.info.run_id, reason, log_of_unfinished(run, state)))
     return sorted(rows, key=lambda row: row.point)
 
 
+def summary_state(row: Row) -> str:
+    """What the summary counts a row as: pruned, else SLURM's verdict where it has one, else MLflow's."""
+    if row.run_status == PRUNED or row.slurm_state in ("-", "UNKNOWN"):
+        return row.run_status
+    return row.slurm_state
+
+
 def summary(rows: list[Row]) -> str:
-    counts = Counter(row.slurm_state if row.slurm_state not in ("-", "UNKNOWN") else row.run_status for row in rows)
+    counts = Counter(map(summary_state, rows))
     return f"{len(rows)} points: " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
 
 

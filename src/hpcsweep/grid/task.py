@@ -3,6 +3,7 @@
 The launcher wrote every point's full config and the id of the MLflow run created for it into a
 points file; task i trains entry i into that run. Each DDP rank and each node runs this same
 command and reads the same entry, so every process knows the run without a shared environment.
+A grid that prunes also wrote its pruning settings and study there, for the training to report to.
 """
 
 from __future__ import annotations
@@ -16,20 +17,23 @@ from hpcsweep.grid import runs as grid_runs
 from hpcsweep.ranks import global_rank
 from hpcsweep.tracking.client import tracking_client
 from hpcsweep.tracking.credentials import load_secrets
+from hpcsweep.training.prune_settings import PruneSettings
 
 
 def run_point(points_file: Path, index: int) -> None:
     """Train entry `index` of a launch's points file into its pre-created run."""
     from hpcsweep.training.train import train  # torch: only once the entry is known to be valid
 
-    entries = json.loads(points_file.read_text())["points"]
+    document = json.loads(points_file.read_text())
+    entries = document["points"]
     if not 0 <= index < len(entries):
         raise UserError(f"{points_file}: no point {index}; it holds 0..{len(entries) - 1}")
     entry = entries[index]
     config = config_from_dict(entry["config"], source=f"{points_file}[{index}]")
     load_secrets(config.tracking.secrets_file)
+    pruning = PruneSettings.from_dict(document["pruning"]) if "pruning" in document else None
     try:
-        train(config, run_id=entry["run_id"])
+        train(config, run_id=entry["run_id"], pruning=pruning)
     except Exception:  # not SystemExit: a requeued or killed training has set its run's status itself
         mark_failed_if_unfinished(config, entry["run_id"])
         raise

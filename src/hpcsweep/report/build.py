@@ -1,9 +1,10 @@
 """`hpcsweep report`: read a study's runs from MLflow, analyse them and write the report folder.
 
-This module only strings the other parts together: `records` fetches the runs, `analysis` computes
-the table, front and sentences once into a `Report`, and `render` and `plots` turn it into files:
-CSV, Markdown, a sortable HTML table, one self-contained `index.html`, `summary.json` for
-`dvc metrics show` and CSV series for `dvc plots show`. The folder is written all-or-nothing and
+This module only strings the other parts together: `records` fetches the runs; `table` (with
+`tuning`, `statistics` and `timing`), `findings`, `frames` and `summary` compute the table, front
+and sentences once into a `Report`; and `render` and `plots` turn it into files: CSV, Markdown, a
+sortable HTML table, one self-contained `index.html`, `summary.json` for `dvc metrics show` and
+CSV series for `dvc plots show`. The folder is written all-or-nothing and
 uploaded onto the study's launch run. It replaces the `--out` folder whole, so that folder must be
 new, empty or an earlier report: each report holds a marker file that says it is one.
 """
@@ -21,21 +22,22 @@ import pandas as pd
 from hpcsweep.atomic import atomic_dir
 from hpcsweep.errors import UserError
 from hpcsweep.report import plots as report_plots
-from hpcsweep.report.analysis import (
-    configuration_table,
-    configurations,
-    curves_frame,
-    findings,
-    finished_rows,
-    pareto_front,
-    problems,
-    recommendation,
-    runs_target,
-    scaling_frame,
-    summary_numbers,
+from hpcsweep.report.findings import sentences
+from hpcsweep.report.frames import curves_frame, pareto_points, scaling_frame
+from hpcsweep.report.records import Configuration, RunRecord, fetch_records
+from hpcsweep.report.render import (
+    constant_params,
+    display_rows,
+    html_table,
+    markdown_table,
+    page,
+    table_page,
+    tuning_rows,
 )
-from hpcsweep.report.records import ACCURACY, Configuration, RunRecord, fetch_records
-from hpcsweep.report.render import constant_params, display_rows, html_table, markdown_table, page, table_page
+from hpcsweep.report.summary import summary_numbers
+from hpcsweep.report.table import configuration_table, configurations, finished_rows, pareto_front, runs_target
+from hpcsweep.report.timing import device_hours_name
+from hpcsweep.report.tuning import TunedGroup, tuned_groups
 from hpcsweep.tracking.credentials import redact
 
 REPORT_MARKER = ".hpcsweep-report"
@@ -50,57 +52,49 @@ class Report:
     records: list[RunRecord]
     found: list[Configuration]
     varying: list[str]
+    groups: list[TunedGroup]
     table: pd.DataFrame
     front: pd.Series  # True for rows of `table` on the Pareto front
+    device: str  # what its device-hours are called: "GPU-hours", "CPU-hours" or "device-hours"
     sentences: list[str]
 
 
 def analyse(records: list[RunRecord], title: str, source: str, target: float | None) -> Report:
     found, varying = configurations(records)
-    table = configuration_table(found, target)
+    groups = tuned_groups(found, varying)
+    table = configuration_table(found, target, groups)
+    device = device_hours_name(records)
     done = finished_rows(table)
     front = pd.Series(False, index=table.index, dtype=bool)
     front[done.index] = pareto_front(done)
-    sentences = [
-        *findings(found, table, target if target is not None else runs_target(table)),
-        recommendation(table),
-        *problems(table),
-    ]
+    said = sentences(found, groups, records, table, target if target is not None else runs_target(table), device)
     if target is not None:
-        sentences.append(
+        said.append(
             f"Time to target recomputed for val/acc {target} from each run's val/acc history "
             f"and cumulative epoch_time_s."
         )
-    return Report(title, source, records, found, varying, table, front, sentences)
-
-
-def pareto_points(report: Report) -> pd.DataFrame:
-    done = finished_rows(report.table)
-    return pd.DataFrame(
-        {
-            "gpu_hours": done["gpu_hours"],
-            "val_acc": done[ACCURACY],
-            "configuration": done["configuration"],
-            "on_front": report.front[done.index],
-        }
-    )
+    return Report(title, source, records, found, varying, groups, table, front, device, said)
 
 
 def write_files(report: Report, folder: Path) -> None:
-    rows = display_rows(report.table, report.varying)
-    curves = curves_frame(report.found)
-    pareto = pareto_points(report)
+    rows = display_rows(report.table, report.varying, report.device)
+    tuning = tuning_rows(report.table, report.varying)
+    compared = set(finished_rows(report.table)["configuration"])
+    curves = curves_frame([c for c in report.found if c.label in compared])
+    pareto = pareto_points(report.table, report.front)
+    shown = report.table[report.table["chosen"]]
     plots = report_plots.draw_all(
-        curves, pareto, report.table, report.varying, scaling_frame(report.table, report.varying)
+        curves, pareto, shown, report.varying, scaling_frame(report.table, report.varying), report.device
     )
     report.table.to_csv(folder / "table.csv", index=False)
     (folder / "table.md").write_text(markdown_table(rows))
     (folder / "table.html").write_text(table_page(rows))
+    if tuning:
+        (folder / "tuning.md").write_text(markdown_table(tuning))
     pareto.to_csv(folder / "pareto.csv", index=False)
     curves.to_csv(folder / "curves.csv", index=False)
-    (folder / "summary.json").write_text(
-        json.dumps(summary_numbers(report.records, report.table, report.front), indent=2) + "\n"
-    )
+    summary = summary_numbers(report.records, report.table, report.front, report.device)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "summary.md").write_text(f"# {report.title}\n\n" + "".join(f"- {s}\n" for s in report.sentences))
     for plot in plots:
         if plot.png:
@@ -114,6 +108,7 @@ def write_files(report: Report, folder: Path) -> None:
             constant_params(report.table, report.varying),
             html_table(rows),
             plots,
+            html_table(tuning) if tuning else "",
         )
     )
 
@@ -153,7 +148,8 @@ def build_report(
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     source = (
         f"{len(records)} runs (the newest per configuration hash) from {redact(client.tracking_uri)}, {stamp}. "
-        f"Means and standard deviations are over FINISHED seeds only."
+        f"Means and 95% confidence intervals (Student's t) are over FINISHED seeds only; "
+        f"p vs best is Welch's t-test against the most accurate configuration."
     )
     report = analyse(records, title, source, target_accuracy)
     with atomic_dir(out_dir) as folder:

@@ -80,8 +80,8 @@ def loss_curves(curves: pd.DataFrame) -> Plot:
     )
 
 
-def pareto(points: pd.DataFrame) -> Plot:
-    title = "val/acc against GPU-hours: the Pareto front"
+def pareto(points: pd.DataFrame, device: str = "GPU-hours") -> Plot:
+    title = f"val/acc against {device}: the Pareto front"
     if points.empty:
         return Plot("pareto", title, skipped="no configuration finished")
     figure = Figure(figsize=WIDE)
@@ -105,9 +105,9 @@ def pareto(points: pd.DataFrame) -> Plot:
         )
         axes.plot([], [], " ", label=f"{number}: {row.configuration}")
     if points["gpu_hours"].max() > 10 * points["gpu_hours"].min() > 0:
-        axes.set_xscale("log")  # GPU-hours of 1 and 64 GPUs side by side
+        axes.set_xscale("log")  # device-hours of 1 and 64 GPUs side by side
     axes.set(
-        xlabel="GPU-hours (devices x num_nodes x total_time_s / 3600, lower is better)",
+        xlabel=f"{device} (devices x num_nodes x total_time_s / 3600, lower is better)",
         ylabel="val/acc (mean final, higher is better)",
         title=title,
     )
@@ -185,11 +185,17 @@ def scaling(frame: pd.DataFrame) -> Plot:
 
 
 def draw_all(
-    curves: pd.DataFrame, points: pd.DataFrame, table: pd.DataFrame, varying: list[str], scaling_data: pd.DataFrame
+    curves: pd.DataFrame,
+    points: pd.DataFrame,
+    table: pd.DataFrame,
+    varying: list[str],
+    scaling_data: pd.DataFrame,
+    device: str = "GPU-hours",
 ) -> list[Plot]:
+    """Every plot of the report; `device` names the device-hours on their axes."""
     return [
         accuracy_curves(curves),
-        pareto(points),
+        pareto(points, device),
         against_batch_size(table, varying),
         scaling(scaling_data),
         loss_curves(curves),

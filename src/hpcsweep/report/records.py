@@ -1,9 +1,10 @@
 """The runs of a study read back from MLflow, as the records every other part of the report works on.
 
-Everything the report says comes from MLflow runs: params (the config keys, as logged), statuses
-and metrics. This module is the one place that talks to the tracking server for it: it finds an
-experiment's or a grid's runs, keeps the newest run of each configuration hash, and turns each
-into a `RunRecord` whose params are spelled one way and whose histories are per epoch. A
+Everything the report says comes from MLflow runs: params (the config keys, as logged), statuses,
+tags and metrics. This module is the one place that talks to the tracking server for it: it finds
+an experiment's or a grid's runs, keeps the newest run of each configuration hash, and turns each
+into a `RunRecord` whose params are spelled one way, whose histories are per epoch and which knows
+the tags the report reads (tuned keys, the epoch early stopping pruned it at, the device type). A
 `Configuration` groups the records of one set-up, seeds and failed attempts together.
 """
 
@@ -22,26 +23,62 @@ from hpcsweep.tracking.credentials import redact
 # A configuration is what a run computes apart from its seed: the config keys, as `logged_params`
 # logs them. Autologging adds params of its own (optimizer_name, betas, ...) that a run which died
 # early lacks; grouping on them would split a failed seed from its finished siblings.
-CONFIG_KEYS = [field.name for field in dataclasses.fields(TrainConfig)] + ["loader"]
+# `val_size` (a data key) is one too: val/acc on a held-out split and on the test split differ.
+CONFIG_KEYS = [field.name for field in dataclasses.fields(TrainConfig)] + ["loader", "val_size"]
 IDENTITY = [key for key in CONFIG_KEYS if key != "seed"]
-HISTORIES = ("val/acc", "epoch_time_s", "train/loss", "train/images_per_s", "train/mfu")
+ACCURACY = "val/acc"  # every choice the report makes reads this (the held-out split) ...
+TEST_ACCURACY = "test/acc"  # ... and this is only reported, never chosen by
+HISTORIES = (ACCURACY, TEST_ACCURACY, "epoch_time_s", "train/loss", "train/images_per_s", "train/mfu")
 FINISHED = "FINISHED"
-ACCURACY = "val/acc"
+KILLED = "KILLED"
+TUNED_TAG = "hpcsweep.tuned"  # the config keys a grid tuned per configuration, joined by ","
+PRUNED_TAG = "hpcsweep.pruned_at_epoch"  # 1-based epoch at which early stopping ended a KILLED run
+DEVICE_TYPE_TAG = "device_type"  # "GPU" or "CPU"
+TAGS = (TUNED_TAG, PRUNED_TAG, DEVICE_TYPE_TAG)
+GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
-    """One run as the report needs it; histories are per epoch, in epoch order, for finished runs."""
+    """One run as the report needs it; histories are per epoch, in epoch order, for finished and
+    pruned runs."""
 
     run_id: str
     status: str
     params: dict[str, str]
     metrics: dict[str, float]
     history: dict[str, list[float]]
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # only the TAGS the report reads
 
     @property
     def gpus(self) -> int:
+        """Devices the run held (devices x num_nodes): GPUs, or CPU processes on a CPU."""
         return int(self.params.get("devices", 1)) * int(self.params.get("num_nodes", 1))
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """The config keys its grid tuned per configuration; empty for a run that tuned nothing."""
+        return tuple(key.strip() for key in self.tags.get(TUNED_TAG, "").split(",") if key.strip())
+
+    @property
+    def pruned_at_epoch(self) -> int | None:
+        """The epoch early stopping ended it at; None for a run that was not pruned."""
+        epoch = self.tags.get(PRUNED_TAG)
+        return int(float(epoch)) if self.status == KILLED and epoch else None
+
+    @property
+    def device_type(self) -> str | None:
+        """ "GPU" or "CPU": its tag, or, for a run older than the tag, what `accelerator` names."""
+        tagged = self.tags.get(DEVICE_TYPE_TAG, "").upper()
+        if tagged in ("GPU", "CPU"):
+            return tagged
+        accelerator = self.params.get("accelerator", "").lower()
+        return "GPU" if accelerator in GPU_ACCELERATORS else "CPU" if accelerator == "cpu" else None
+
+    @property
+    def held_out(self) -> bool:
+        """Whether val/* was measured on a held-out validation split (False: on the test split)."""
+        return self.params.get("val_size", "0") not in ("0", "")
 
     @property
     def wall_times(self) -> list[float]:
@@ -72,6 +109,16 @@ class Configuration:
     def finished(self) -> list[RunRecord]:
         return [run for run in self.runs if run.status == FINISHED]
 
+    @property
+    def pruned(self) -> list[RunRecord]:
+        return [run for run in self.runs if run.pruned_at_epoch is not None]
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """The config keys its runs' grid tuned, in IDENTITY order (keys that are none are ignored)."""
+        keys = {key for run in self.runs for key in run.tuned}
+        return tuple(name for name in IDENTITY if name in keys)
+
 
 def normalised(value: str) -> str:
     """One spelling per number: `mlflow run -P lr=1e-3` logs what the launcher logs as 0.001, and
@@ -92,13 +139,15 @@ def epoch_series(measurements) -> list[float]:
 
 def record_of(client: mlflow.MlflowClient, run) -> RunRecord:
     status = grid_runs.status_name(run)
+    tags = {key: value for key, value in run.data.tags.items() if key in TAGS}
+    pruned = status == KILLED and PRUNED_TAG in tags
     history = (
         {name: epoch_series(client.get_metric_history(run.info.run_id, name)) for name in HISTORIES}
-        if status == FINISHED
+        if status == FINISHED or pruned
         else {}
-    )  # only finished runs enter means and curves
+    )  # finished runs enter means and curves; pruned ones only the device-hours saved
     params = {key: normalised(value) for key, value in run.data.params.items() if key in CONFIG_KEYS}
-    return RunRecord(run.info.run_id, status, params, dict(run.data.metrics), history)
+    return RunRecord(run.info.run_id, status, params, dict(run.data.metrics), history, tags)
 
 
 def role(run) -> str | None:

@@ -68,6 +68,7 @@ class TrackedRun:
         self.params = {**logged_params(config), **(params or {})}  # the config's, and what this attempt resolved
         self.id = run_id
         self.status = "FAILED"
+        self.stopped_early = False  # KILLED on purpose, for good (stop_early): nothing resumes it
         self.final_metrics: dict[str, float] = {}
         # the step the final figures are logged at: the epochs trained, so that a later attempt's
         # figures supersede an earlier one's (MLflow shows a metric's value at its highest step)
@@ -97,6 +98,13 @@ class TrackedRun:
 
     def __exit__(self, *exc_info) -> None:
         self._exit_stack.close()
+
+    def stop_early(self, tags: dict[str, str]) -> None:
+        """The training was stopped on purpose before its last epoch (a pruned grid point): the run
+        ends KILLED with `tags` saying why, and is over: no model is logged, nothing resumes it."""
+        self.status, self.stopped_early = "KILLED", True
+        if self.is_logging:
+            mlflow.set_tags(tags)
 
     def give_up(self, reason: str) -> None:
         """End the run FAILED with `reason` as its tag, and stop this process with `reason` as its error."""
@@ -152,7 +160,7 @@ class TrackedRun:
         for path in self.folder.checkpoints():
             mlflow.log_artifact(str(path), artifact_path="checkpoints")
         mlflow.end_run(self.status)
-        self.folder.write_state(finished=self.status == "FINISHED")
+        self.folder.write_state(finished=self.status == "FINISHED" or self.stopped_early)
 
     def _log_model(self) -> None:
         if self.status == "FINISHED" and self.config.tracking.log_model and self.network_from_checkpoint:

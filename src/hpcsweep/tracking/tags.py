@@ -2,7 +2,8 @@
 
 Params are the config keys under their own names, so a grid axis, a `-s` override, an MLflow
 param and a report column are one word. Tags name the code, data, config and SLURM job behind
-a run, so two runs that differ in any of them are told apart.
+a run, so two runs that differ in any of them are told apart, and the device it trained on
+(`device_type`, `device_name`), so its times are compared, and device-hours named, for that device.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import platform
 import socket
 import subprocess
 from pathlib import Path
@@ -17,12 +19,18 @@ from pathlib import Path
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
 
 from hpcsweep.config import Config
+from hpcsweep.hardware.gpus import gpu_of_rank, trains_on_cuda, visible_gpus
+from hpcsweep.ranks import local_rank
 from hpcsweep.tracking.credentials import redact
 
 # why a run ended FAILED, where hpcsweep knows better than a traceback (shown by `hpcsweep status`)
 FAILURE_REASON = "hpcsweep.failure_reason"
 # the param that says which precision `precision: auto` (or an explicit one) trained in
 PRECISION_USED = "precision_used"
+# what a run trained on: "GPU" or "CPU", and the device's model as the system names it
+DEVICE_TYPE = "device_type"
+DEVICE_NAME = "device_name"
+CPU_INFO = Path("/proc/cpuinfo")
 
 # an array task is named ARRAYJOB_TASK by every SLURM command: slurm_job_id is the array's id
 # (as the launcher tags it), not the task's own SLURM_JOB_ID
@@ -30,8 +38,8 @@ SLURM_TAGS = {"slurm_job_id": ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID"), "slurm_arr
 
 
 def logged_params(config: Config) -> dict[str, object]:
-    """The train keys under their own names, plus the loader, as MLflow params."""
-    return {**dataclasses.asdict(config.train), "loader": config.data.loader}
+    """The train keys under their own names, plus the loader and the validation split's size, as MLflow params."""
+    return {**dataclasses.asdict(config.train), "loader": config.data.loader, "val_size": config.data.val_size}
 
 
 def git(*args: str) -> str | None:
@@ -75,6 +83,23 @@ def data_md5(prepared_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_model() -> str:
+    """The CPU's model: Linux's "model name", else what Python's platform knows; never empty."""
+    try:
+        lines = CPU_INFO.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    return next((name for name in names if name), None) or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_tags(accelerator: str) -> dict[str, str]:
+    """What this process trains on: the GPU of its local rank when the training runs on CUDA, else the CPU."""
+    if trains_on_cuda(accelerator):
+        return {DEVICE_TYPE: "GPU", DEVICE_NAME: gpu_of_rank(visible_gpus(), local_rank()).name}
+    return {DEVICE_TYPE: "CPU", DEVICE_NAME: cpu_model()}
+
+
 def run_tags(config: Config) -> dict[str, str]:
     tags = {
         "config_hash": config.hash,
@@ -82,6 +107,7 @@ def run_tags(config: Config) -> dict[str, str]:
         **git_source_tags(),
         "data_md5": data_md5(Path(config.data.prepared_dir)),
         "host": socket.gethostname(),
+        **device_tags(config.train.accelerator),
     }
     for tag, variables in SLURM_TAGS.items():
         value = next((os.environ[v] for v in variables if v in os.environ), None)

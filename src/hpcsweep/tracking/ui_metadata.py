@@ -8,12 +8,15 @@
   the GenAI pages), so the printed address asks for the model-training view in its URL.
 - The source: `mlflow.source.name`/`type` (the Source column), set where MLflow did not.
 - The dataset: the prepared folder as an MLflow dataset input with the data's digest (the Dataset
-  column, and the same digest in two runs says they trained on the same data).
+  column, and the same digest in two runs says they trained on the same data); its profile holds
+  each split's image count and the validation split's size and `indices_sha256` (stats.json), so
+  two runs validated on the same images can be told from the dataset's page alone.
 - The run's address, printed when a run opens.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +62,31 @@ def missing_tags(run: Run, tags: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in tags.items() if key not in run.data.tags}
 
 
+class ProfiledDataset(MetaDataset):
+    """A MetaDataset with a profile: MLflow's own has none, and its UI shows a dataset's profile."""
+
+    def __init__(self, source, *, name: str, digest: str, schema: Schema, profile: dict) -> None:
+        self._profile = profile
+        super().__init__(source, name=name, digest=digest, schema=schema)
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
 def prepared_dataset(prepared_dir: str, digest: str) -> MetaDataset:
-    """The prepared folder as an MLflow dataset: its path as the source, `digest` (tags.data_md5) as its digest."""
+    """The prepared folder as an MLflow dataset: its path as the source, `digest` (tags.data_md5) as its
+    digest, its splits' image counts and the validation split's identity as its profile."""
+    # imported here: it imports torch, and `status` and `report` import this module
+    from hpcsweep.data.prepared import read_stats
+
+    stats = read_stats(Path(prepared_dir))
     source = LocalArtifactDatasetSource(str(Path(prepared_dir).resolve()))
-    return MetaDataset(source, name=DATASET_NAME, digest=digest, schema=DATASET_SCHEMA)
+    profile = {"images": stats["images"], "validation": stats["validation"]}
+    return ProfiledDataset(source, name=DATASET_NAME, digest=digest, schema=DATASET_SCHEMA, profile=profile)
 
 
 def run_address(uri: str, run: Run) -> str:

@@ -27,7 +27,10 @@ with the backward.
 Validation runs no collective between its micro-batches (its metrics are reduced at the end of
 the epoch, which every rank reaches whatever its micro-batches were), so an out-of-memory error
 there halves this rank's own validation micro-batch and nothing else: the training micro-batch
-the ranks agreed on is untouched.
+the ranks agreed on is untouched. It evaluates each of the data module's evaluation loaders:
+the held-out validation split as `val/*` (what checkpoints and every other choice read) and the
+test split as `test/*`, never used for a choice; a folder without a validation split has one
+loader, its test split, logged as `val/*`.
 
 The optimizer is built with the configured (unscaled) `lr` as its default and the scaled LR on
 each parameter group, so that MLflow's autologging, which logs the optimizer's defaults as
@@ -54,6 +57,7 @@ from hpcsweep.training.probe import Probe, probe_micro_batch, release_cached_mem
 from hpcsweep.training.schedules import build_scheduler
 
 NUM_CLASSES = 10
+EVALUATED_AS = ("val", "test")  # the metric prefix of each evaluation loader, in order (data/loader.py)
 
 
 def share_of_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> torch.Tensor:
@@ -120,6 +124,7 @@ class ResNetModule(L.LightningModule):
         self.config = TrainConfig(**train)
         self.model = build_model(self.config.model, NUM_CLASSES).to(memory_format=torch.channels_last)
         self.val_accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.micro_batch_size: int | None = None  # the same on every rank
         self.val_micro_batch_size: int | None = None  # this rank's own, once its validation ran out of memory
         self.oom_retries = 0
@@ -237,12 +242,15 @@ class ResNetModule(L.LightningModule):
         self.manual_backward(loss)
         return loss.detach() * self.per_rank_batch_size
 
-    def validation_step(self, batch, batch_index: int) -> None:
+    def validation_step(self, batch, batch_index: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
+        prefix = EVALUATED_AS[dataloader_idx]
+        accuracy = self.val_accuracy if prefix == "val" else self.test_accuracy
         logits = torch.cat(self.validation_logits(images, labels))
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
-        self.val_accuracy(logits, labels)
-        self.log("val/acc", self.val_accuracy, on_epoch=True)
+        loss = F.cross_entropy(logits, labels)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
+        accuracy(logits, labels)
+        self.log(f"{prefix}/acc", accuracy, on_epoch=True, add_dataloader_idx=False)
 
     def validation_logits(self, images, labels) -> list[torch.Tensor]:
         """Logits micro-batch by micro-batch; on out-of-memory this rank alone halves and reruns."""

@@ -1,10 +1,10 @@
 """train(config) -> TrainResult: one training, on any number of ranks, into one MLflow run.
 
 The Lightning Trainer gets the strategy, precision and batching the config names, checkpoints
-(last and best by `val/acc`, each written whole: checkpoint_io.py) in the training's run folder,
-and the efficiency callback. The
-folder is named after the launcher's MLflow run or else the config hash, so that running the
-same training again after an interruption finds the checkpoint and the run, and resumes both.
+(last and best by `val/acc`, on the held-out validation split, each written whole:
+checkpoint_io.py) in the training's run folder, and the efficiency callback. The folder is named
+after the launcher's MLflow run or else the config hash, so that running the same training again
+after an interruption finds the checkpoint and the run, and resumes both.
 The whole fit happens inside one `TrackedRun`; the run's status says how training ended.
 """
 
@@ -25,7 +25,7 @@ from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config, TrainConfig
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
-from hpcsweep.data.prepared import check_prepared
+from hpcsweep.data.prepared import check_prepared, check_val_size
 from hpcsweep.errors import UserError
 from hpcsweep.hardware.gpus import check_training_hardware, trains_on_cuda
 from hpcsweep.hardware.precision import precision_for
@@ -39,6 +39,8 @@ from hpcsweep.training.efficiency import EfficiencyMetrics
 from hpcsweep.training.mixed_precision import precision_plugin
 from hpcsweep.training.module import ResNetModule
 from hpcsweep.training.progress import progress_display
+from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
+from hpcsweep.training.pruning import Pruning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +158,17 @@ def quiet_known_warnings() -> None:
             logging.getLogger(f"{package}.{module}").addFilter(not_routine)
 
 
-def train(config: Config, run_id: str | None = None) -> TrainResult:
+def train(config: Config, run_id: str | None = None, pruning: PruneSettings | None = None) -> TrainResult:
     """Train `config` into the MLflow run `run_id` (a launcher created it) or a run of its own,
-    resuming an interrupted attempt; returns the final figures on every rank."""
+    resuming an interrupted attempt; returns the final figures on every rank. With `pruning` (a grid
+    point's), a training far behind its peers stops early and its run ends KILLED, tagged with the
+    epoch (pruning.py)."""
     quiet_known_warnings()
     world_size = config.train.devices * config.train.num_nodes
     per_rank = per_rank_batch_size(config.train.batch_size, world_size)
-    check_enough_data(config, check_prepared(Path(config.data.prepared_dir)))  # before any run exists
+    stats = check_prepared(Path(config.data.prepared_dir))  # these checks: before any run exists
+    check_val_size(config.data.val_size, stats, Path(config.data.prepared_dir))
+    check_enough_data(config, stats)
     check_training_hardware(config.train)  # a GPU this torch build cannot run fails here, not minutes in
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     folder = run_folder_for(config, run_id)
@@ -175,7 +181,8 @@ def train(config: Config, run_id: str | None = None) -> TrainResult:
     with TrackedRun(config, folder, run_id, params={PRECISION_USED: precision}) as run:
         run.network_from_checkpoint = lambda path: ResNetModule.load_from_checkpoint(path, map_location="cpu").model
         check_requeue_budget(config, run)
-        return fit(config, dataclasses.replace(config.train, precision=precision), run, resume, per_rank)
+        train_config = dataclasses.replace(config.train, precision=precision)
+        return fit(config, train_config, run, resume, per_rank, pruning)
 
 
 def check_requeue_budget(config: Config, run: TrackedRun) -> None:
@@ -190,11 +197,19 @@ def check_requeue_budget(config: Config, run: TrackedRun) -> None:
         )
 
 
-def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None, per_rank: int) -> TrainResult:
+def fit(
+    config: Config,
+    train: TrainConfig,
+    run: TrackedRun,
+    resume: Path | None,
+    per_rank: int,
+    pruning: PruneSettings | None = None,
+) -> TrainResult:
     """Fit `train` (the config's train section, its precision resolved) inside the open run; tell
-    the run the status the fit ended in and its final figures."""
+    the run (and a pruned grid's study) the status the fit ended in and its final figures."""
     efficiency = EfficiencyMetrics(train.target_accuracy, train.model)
-    trainer = build_trainer(train, run.folder, [efficiency, DataCoverage()])
+    stopper = Pruning(pruning, run.id, train.max_epochs) if pruning else None
+    trainer = build_trainer(train, run.folder, [efficiency, DataCoverage(), *([stopper] if stopper else [])])
     datamodule = CIFAR10DataModule(
         config.data.prepared_dir,
         loader=config.data.loader,
@@ -211,6 +226,8 @@ def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         run.status = "FINISHED"
+        if stopper and stopper.pruned_at:
+            run.stop_early({PRUNED_AT_EPOCH: str(stopper.pruned_at)})
     except (KeyboardInterrupt, SystemExit):
         # SLURM's SIGUSR1: Lightning saved an hpc checkpoint and requeued the job, which is
         # now being stopped; the run waits for the restarted job, SCHEDULED, not KILLED
@@ -221,6 +238,8 @@ def fit(config: Config, train: TrainConfig, run: TrackedRun, resume: Path | None
     finally:
         result = collect_result(run.id, run.status, trainer, module, efficiency)
         run.final_metrics, run.final_step = final_metrics(result), result.epochs
+        if stopper:
+            stopper.tell(run.status, result.best_val_acc)
     return result
 
 
