@@ -10,6 +10,9 @@ tracking server for the second part):
 2. Creating the MLflow child runs a real launch needs (SCHEDULED, with params and tags), timed
    for `--runs` of them against the server and extrapolated to 1000: this, not sbatch, is what a
    real launch spends its time on.
+3. The cost estimate the dry run prints for the same 1000 points, against the server, after
+   `--earlier` FINISHED runs of each of the grid's 10 settings (one per batch size) are logged
+   there for it to find: one search per setting, so 10 however many points.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import mlflow
 
 from hpcsweep.config import parse_overrides
 from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.cost import grid_cost
 from hpcsweep.grid.executors.slurm import SlurmExecutor
 from hpcsweep.grid.launch import CLIENT_THREADS, LaunchOptions, launch
 from hpcsweep.grid.spec import load_grid
 from hpcsweep.tracking.experiments import experiment_id
+from hpcsweep.tracking.tags import DEVICE_TYPE
 
 GRID = """name: launch-benchmark
 experiment: launch-benchmark
@@ -68,10 +73,45 @@ def time_child_runs(server: str, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
+def log_earlier_runs(client: mlflow.MlflowClient, experiment: str, configs: list, per_setting: int) -> None:
+    """`per_setting` FINISHED runs of each distinct batch size of `configs`, as trainings leave them."""
+    settings = {config.train.batch_size: config.train for config in configs}
+
+    def log(train) -> None:
+        run = client.create_run(experiment, tags={DEVICE_TYPE: "CPU"})
+        params = {key: getattr(train, key) for key in ("model", "batch_size", "precision", "max_epochs", "devices")}
+        params.update(num_nodes=train.num_nodes, limit_train_samples=train.limit_train_samples)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[mlflow.entities.Metric("total_time_s", 60.0, 0, 0)],
+            params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(log, [train for train in settings.values() for _ in range(per_setting)]))
+
+
+def time_cost_estimate(server: str, per_setting: int, repeats: int = 3) -> tuple[float, list[str]]:
+    grid_file = Path(tempfile.mkdtemp()) / "grid.yaml"
+    grid_file.write_text(GRID)
+    grid = load_grid(grid_file, Path("params.yaml"), parse_overrides([]))
+    configs = [point.config for point in grid.points]
+    client = mlflow.MlflowClient(server)
+    log_earlier_runs(client, experiment_id(client, grid.experiment), configs, per_setting)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        lines = grid_cost(configs, server)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="an MLflow tracking server to time child-run creation against")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--earlier", type=int, default=5, help="earlier runs per setting for the cost estimate")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         seconds, points, scripts = time_dry_run(Path(folder))
@@ -82,6 +122,8 @@ def main() -> None:
     if args.server:
         per_run = time_child_runs(args.server, args.runs)
         print(f"child runs: {per_run * 1000:.0f} ms each over {args.runs}; 1000 points -> {per_run * 1000:.0f} s")
+        seconds, lines = time_cost_estimate(args.server, args.earlier)
+        print(f"cost estimate of the 1000 points: {seconds:.2f} s (median of 3); it printed {lines[0]!r}")
 
 
 if __name__ == "__main__":

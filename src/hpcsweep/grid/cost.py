@@ -14,7 +14,7 @@ split, taken as the size of the point's own.
 A point's device type is CPU for accelerator=cpu, GPU for accelerator=gpu or where slurm.extra
 asks SLURM for GPUs; accelerator=auto otherwise is counted as CPU (finding out whether this
 machine has CUDA would import torch, seconds for a dry run), and the estimate says so.
-The functions that decide are pure; `finished_runs` is the one query.
+The functions that decide are pure; `all_experiments` and `finished_runs` are the queries.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.slurm import gpu_requests
 from hpcsweep.params_file import SQLITE_PREFIX
 from hpcsweep.tracking.client import check_tracking_server
-from hpcsweep.tracking.credentials import redact
+from hpcsweep.tracking.credentials import redact, redact_text
 from hpcsweep.tracking.tags import DEVICE_TYPE
 
 STATS_FILE = "stats.json"  # written by data/prepare.py; its image counts are all that is read here
@@ -105,9 +105,10 @@ def past_run(params: dict[str, str], total_time_s: float | None, train_split: in
         epochs, devices = int(params["max_epochs"]), int(params["devices"]) * int(params["num_nodes"])
     except (KeyError, ValueError):
         return None
-    if not total_time_s or total_time_s <= 0 or epochs < 1 or devices < 1:
+    images = images_per_epoch(limit, train_split)
+    if not total_time_s or total_time_s <= 0 or epochs < 1 or devices < 1 or images < 1:
         return None
-    return PastRun(total_time_s * devices / (epochs * images_per_epoch(limit, train_split)), devices)
+    return PastRun(total_time_s * devices / (epochs * images), devices)
 
 
 def point_device_hours(work: Work, history: Sequence[PastRun]) -> float:
@@ -125,8 +126,8 @@ def estimate(works: Sequence[Work], history: dict[Setting, Sequence[PastRun]]) -
     groups = []
     for setting, members in by_setting.items():
         runs = history.get(setting) or []
-        hours = sum(point_device_hours(work, runs) for work in members) if runs else 0.0
-        groups.append(GroupEstimate(setting, len(members), len(runs), hours))
+        device_hours = sum(point_device_hours(work, runs) for work in members) if runs else 0.0
+        groups.append(GroupEstimate(setting, len(members), len(runs), device_hours))
     return groups
 
 
@@ -229,9 +230,11 @@ def grid_cost(configs: Sequence[Config], uri: str) -> list[str]:
     try:
         client = mlflow.MlflowClient(uri)
         experiments = all_experiments(client)
-        history = {s: known_runs(finished_runs(client, experiments, s), split) for s, split in split_of.items()}
+        found = {s: finished_runs(client, experiments, s) if experiments else [] for s in split_of}
     except MlflowException as error:
-        return [f"{HEADER}: none, the tracking store {redact(uri)} could not be searched ({error.message})"]
+        reason = redact_text((str(error.message).strip().splitlines() or ["no reason given"])[0])
+        return [f"{HEADER}: none, the tracking store {redact(uri)} could not be searched ({reason})"]
+    history = {setting: known_runs(runs, split_of[setting]) for setting, runs in found.items()}
     auto_as_cpu = any(c.train.accelerator == "auto" and w.setting.device_type == "CPU" for c, w in zip(configs, works))
     return describe(estimate(works, history), auto_as_cpu)
 
