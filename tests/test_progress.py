@@ -14,14 +14,18 @@ import sys
 import termios
 import uuid
 
+import lightning as L
 import pytest
 from lightning.pytorch.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.lightning_fit import learnable_batch, module_for
 from helpers.project import ROOT
 from helpers.runs import QUICK, hpcsweep, overrides
 from hpcsweep.data.cifar10 import download, file_md5
 from hpcsweep.durations import short_duration
 from hpcsweep.grid.executors.local import outcome_line
+from hpcsweep.training.progress import EpochLines
 from hpcsweep.training.train import quiet_known_warnings
 
 EPOCH_LINE = re.compile(r"epoch \d/2  train/loss \d+\.\d{4}  val/acc [01]\.\d{4}  \d+\.\d s/epoch  ETA \d+s")
@@ -126,3 +130,45 @@ def test_a_point_line_gives_its_outcome_and_the_time_left_from_the_mean_point():
     assert outcome_line(1, 6, 0, [100.0, 120.0]) == "point 2/6 done in 2m00s (exit 0); about 7m20s left"
     assert outcome_line(2, 3, 1, [60.0, 60.0, 3.0]) == "point 3/3 failed in 3s (exit 1)"  # the last: nothing left
     assert outcome_line(0, 2, -9, [5.0]).startswith("point 1/2 failed in 5s (signal 9)")
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopMidEpoch(L.Callback):
+    """Saves a checkpoint after the first batch of the first epoch and stops the fit there, as a
+    SLURM requeue does: the next fit resumes inside that epoch."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index) -> None:
+        if trainer.current_epoch == 0 and batch_index == 0:
+            trainer.save_checkpoint(self.path)
+            raise Interrupted
+
+
+def test_an_epoch_resumed_mid_way_prints_its_own_duration_not_the_machines_uptime(project, tmp_path, capsys):
+    batches = DataLoader(TensorDataset(*learnable_batch(32)), batch_size=16)
+    checkpoint = tmp_path / "mid-epoch.ckpt"
+    settings = ("max_epochs=1", "batch_size=16", "base_batch_size=16", "precision=32-true")
+
+    def trainer(callbacks):
+        return L.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[EpochLines(), *callbacks],
+        )
+
+    with pytest.raises(Interrupted):
+        trainer([StopMidEpoch(checkpoint)]).fit(module_for(project, *settings), batches, batches)
+    capsys.readouterr()
+    trainer([]).fit(module_for(project, *settings), batches, batches, ckpt_path=checkpoint)
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    seconds = float(re.search(r"(\d+\.\d) s/epoch", line).group(1))
+    assert seconds < 60, line  # the resumed epoch's few batches, not time.monotonic() since boot

@@ -109,7 +109,7 @@ def test_a_hopeless_point_of_a_slurm_array_is_judged_against_the_tasks_before_it
     grid = write_grid(project, pruning_grid(name, 2, [0.1, HOPELESS_LR], prune, slurm=resources))
     done = launch_on_cluster(grid, project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
-    wait_until(lambda: settled(tracking_server, name, 2), 300, "both array tasks to end")
+    wait_until(lambda: settled(tracking_server, name, 2), 600, "both array tasks to end")
     runs = by_lr(children(tracking_server, name))
     hopeless = runs[HOPELESS_LR].info.run_id
     assert_pruned_after_epoch_1(tracking_server, runs, max_epochs=2)

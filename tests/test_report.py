@@ -148,6 +148,8 @@ def test_each_configuration_aggregates_its_finished_seeds_as_mlflow_holds_them(s
         assert math.isnan(row["time_to_target_s"]) and row["n_reached_target"] == 0  # 0.9 on 300 images: never
     assert table.loc["adam", "lr"] == 0.001 and table.loc["sgd", "lr"] == 0.1
     assert "seed" not in table.columns
+    # every run logged the held-out split it chose on: no "choices made on the test split" sentence
+    assert (table["val_size"] == VAL_SIZE).all() and "test split" not in (built / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -87,19 +87,25 @@ def test_a_grid_with_ddp_and_multi_node_points_completes_on_the_cluster(slurm_pr
     assert "1 of 7 points to run" in again.stdout and again.stdout.count("submitted job array") == 1
 
 
-def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project, tracking_server):
+def test_a_job_with_the_default_mem_and_cpus_runs_and_sigusr1_requeues_it_into_the_same_run(
+    slurm_project, tracking_server
+):
+    # No mem and no cpus_per_task: params.yaml's defaults (16G, 4 CPUs) must fit a dev node, as they
+    # fit a real one, because the dev cluster declares this machine's memory and CPUs. One job
+    # checks both that and the requeue, which takes the cluster a minute or more each time.
     name = f"requeue{os.getpid()}"
     grid = write_grid(
         slurm_project,
         {
             "name": name,
-            "slurm": RESOURCES,
+            "slurm": {"partition": "debug", "time": "00:20:00"},
             "seeds": [0],
             "base": {**TINY, "max_epochs": 4, "batch_size": 10, "base_batch_size": 10},
         },
     )
     done = launch_on_cluster(grid, slurm_project, tracking_server)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("submitted job array") == 1
     [run] = children(tracking_server, name)
     wait_until(lambda: history(tracking_server, run.info.run_id, "val/acc"), 300, "the first epoch")
     job = f"{run.data.tags['slurm_job_id']}_0"
@@ -107,6 +113,7 @@ def test_sigusr1_requeues_the_job_and_it_finishes_in_the_same_run(slurm_project,
     wait_until(lambda: settled(tracking_server, name, 1), 600, "the requeued job to finish")
     [after] = children(tracking_server, name)
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert "val/acc" in after.data.metrics
     assert [step for step, _ in history(tracking_server, run.info.run_id, "val/acc")] == [0, 1, 2, 3]
     log = next(Path(slurm_project).glob(f"runs/{name}/*/logs/*.out")).read_text()
     assert "Handling auto-requeue signal" in log or "requeing job" in log
@@ -222,19 +229,3 @@ def test_a_partition_sbatch_rejects_shows_sbatch_message_and_creates_no_run(slur
     assert done.returncode == 1
     assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
     assert point_runs(tracking_server, name) == []
-
-
-def test_a_grid_with_the_default_mem_and_cpus_runs_on_the_dev_cluster(slurm_project, tracking_server):
-    # No mem and no cpus_per_task: params.yaml's defaults (16G, 4 CPUs) must fit a dev node, as they
-    # fit a real one, because the dev cluster declares this machine's memory and CPUs.
-    name = f"defaults{os.getpid()}"
-    grid = write_grid(
-        slurm_project,
-        {"name": name, "base": TINY, "seeds": [0], "slurm": {"partition": "debug", "time": "00:20:00"}},
-    )
-    done = launch_on_cluster(grid, slurm_project, tracking_server)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("submitted job array") == 1
-    wait_until(lambda: settled(tracking_server, name, 1), 600, "the job to end")
-    [run] = children(tracking_server, name)
-    assert run.info.status == "FINISHED" and "val/acc" in run.data.metrics

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -21,6 +22,7 @@ from hpcsweep.data.loader import CIFAR10DataModule, load_stats
 from hpcsweep.data.prepare import prepare
 from hpcsweep.data.prepared import check_prepared, read_split
 from hpcsweep.errors import UserError
+from hpcsweep.training.module import ResNetModule
 
 
 def official_index(images: torch.Tensor, official: np.ndarray) -> list[int]:
@@ -74,22 +76,40 @@ def test_a_val_size_too_large_for_a_class_names_the_largest_valid_one_and_writes
     assert prepare(raw, tmp_path / "prepared", 249)["images"]["train"] == 51  # the largest valid one is valid
 
 
-@pytest.mark.parametrize("loader", ["device", "torchvision"])
-def test_each_loader_measures_val_on_the_validation_split_and_test_on_the_test_split(prepared, loader):
-    project = prepared.parent.parent
-    module = module_for(project, "micro_batch_size=60", "batch_size=60").eval()
+def validated(prepared: Path, loader: str) -> tuple[ResNetModule, dict[str, float]]:
+    """An untrained module's validation epoch on `prepared` through `loader`: the module, its metrics."""
+    module = module_for(prepared.parent.parent, "micro_batch_size=60", "batch_size=60").eval()
     datamodule = CIFAR10DataModule(str(prepared), loader=loader, batch_size=60, seed=0, workers=0)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, datamodule=datamodule, verbose=False)
+    return module, {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def measured(module: ResNetModule, prepared: Path, split: str) -> dict[str, float]:
+    """The accuracy and loss of `module` on one prepared split, computed here in one batch."""
     mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in load_stats(prepared))
-    for split, prefix in (("val", "val"), ("test", "test")):
-        images, labels = read_split(prepared, split)
-        with torch.no_grad():
-            logits = module((images.float() / 255 - mean) / std)
-        accuracy = (logits.argmax(1) == labels).float().mean()
-        assert float(trainer.callback_metrics[f"{prefix}/acc"]) == pytest.approx(float(accuracy)), split
-        loss = F.cross_entropy(logits, labels)
-        assert float(trainer.callback_metrics[f"{prefix}/loss"]) == pytest.approx(float(loss), rel=1e-4), split
+    images, labels = read_split(prepared, split)
+    with torch.no_grad():
+        logits = module((images.float() / 255 - mean) / std)
+    return {"acc": float((logits.argmax(1) == labels).float().mean()), "loss": float(F.cross_entropy(logits, labels))}
+
+
+@pytest.mark.parametrize("loader", ["device", "torchvision"])
+def test_each_loader_measures_val_on_the_validation_split_and_test_on_the_test_split(prepared, loader):
+    module, metrics = validated(prepared, loader)
+    assert set(metrics) == {"val/acc", "val/loss", "test/acc", "test/loss"}
+    for split in ("val", "test"):
+        expected = measured(module, prepared, split)
+        assert metrics[f"{split}/acc"] == pytest.approx(expected["acc"]), split
+        assert metrics[f"{split}/loss"] == pytest.approx(expected["loss"], rel=1e-4), split
+
+
+def test_without_a_validation_split_val_is_measured_on_the_test_split_as_before(prepared):
+    prepare(prepared.parent / "raw", prepared, 0)
+    module, metrics = validated(prepared, "device")
+    expected = measured(module, prepared, "test")
+    assert set(metrics) == {"val/acc", "val/loss"}
+    assert (metrics["val/acc"], metrics["val/loss"]) == pytest.approx((expected["acc"], expected["loss"]), rel=1e-4)
 
 
 @pytest.mark.slow
@@ -127,7 +147,7 @@ def test_a_val_size_the_data_was_not_prepared_with_is_refused_and_zero_trains_as
     )
     assert runs_of(tracking_server, experiment) == []
 
-    assert hpcsweep(["prepare", "-s", "data.val_size=0"], project, tracking_server).returncode == 0
+    prepare(project / "data/raw", prepared, 0)
     done = hpcsweep(args, project, tracking_server)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, experiment)

@@ -58,7 +58,8 @@ def check_val_size(val_size: int, stats: dict, prepared_dir: Path) -> None:
 
 
 def read_stats(prepared_dir: Path) -> dict:
-    """stats.json: per-channel mean and std, the class names and each split's image count."""
+    """stats.json: per-channel mean and std, the class names, each split's image count and the
+    validation split's size and indices_sha256."""
     path = Path(prepared_dir) / STATS_FILE
     if not path.is_file():
         raise UserError(f"{path}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)")

@@ -60,6 +60,10 @@ class EpochLines(ProgressBar):
     def enable(self) -> None:
         self.enabled = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a fit resumed mid-epoch enters that epoch without on_train_epoch_start
+        self.epoch_started = time.monotonic()
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_started = time.monotonic()
 
