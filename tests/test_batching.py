@@ -18,7 +18,7 @@ from helpers.gloo import gradients_by_ddp_and_by_exchange, run_on_ranks
 from helpers.lightning_fit import fit, learnable_batch, module_for
 from helpers.project import ROOT
 from helpers.runs import QUICK, environment, overrides, runs_of
-from helpers.synthetic import write_archive
+from helpers.synthetic import VAL_SIZE, write_archive
 from hpcsweep.config import load_config
 from hpcsweep.errors import UserError
 from hpcsweep.grid.spec import load_grid
@@ -103,13 +103,13 @@ def test_a_limit_below_micro_batch_one_is_a_clear_error():
 
 @pytest.fixture
 def prepared_600(project):
-    """600 training images, so one step of an effective batch of 512 exists."""
+    """600 training images (550 after the validation split), so one step of an effective batch of 512 exists."""
     from hpcsweep.data.cifar10 import import_archive
     from hpcsweep.data.prepare import prepare
 
     archive = write_archive(project / "archive600.tar.gz", per_batch=120)
     import_archive(archive, project / "data/raw")
-    prepare(project / "data/raw", project / "data/prepared")
+    prepare(project / "data/raw", project / "data/prepared", VAL_SIZE)
     return project
 
 
@@ -180,7 +180,7 @@ def test_an_out_of_memory_mid_epoch_halves_the_micro_batch_and_reruns_the_same_s
     result = train(config)
     assert result.status == "FINISHED" and result.oom_retries == 1
     assert result.micro_batch_size == 10 and result.accumulate_grad_batches == 6
-    assert result.effective_batch_size == 60 and result.steps == 10  # 2 epochs of 300 / 60: no step lost
+    assert result.effective_batch_size == 60 and result.steps == 8  # 2 epochs of 250 // 60: no step lost
     client = mlflow.MlflowClient()
     steps = [m.value for m in client.get_metric_history(result.run_id, "micro_batch_size")]
     assert steps == [10.0, 10.0]  # the epoch ended with the halved micro-batch
@@ -283,7 +283,7 @@ def test_ddp_ranks_agree_to_rerun_a_step_that_one_rank_ran_out_of_memory_in(prep
     for result in ranks:
         assert result["status"] == "FINISHED" and result["oom_retries"] == 1
         assert result["micro_batch_size"] == 5 and result["accumulate_grad_batches"] == 6  # 30 a rank, halved
-        assert result["effective_batch_size"] == 60 and result["steps"] == 10  # 2 epochs of 300 / 60: none lost
+        assert result["effective_batch_size"] == 60 and result["steps"] == 8  # 2 epochs of 250 // 60: none lost
     states = [torch.load(tmp_path / "out" / f"rank{rank}.pt") for rank in (0, 1)]
     for name, value in states[0].items():
         assert torch.equal(value, states[1][name]), name

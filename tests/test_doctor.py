@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers.runs import environment, overrides, runs_of
+from helpers.synthetic import VAL_SIZE
 from hpcsweep.cli import main
 from hpcsweep.telemetry import DEFAULTS
 
@@ -73,6 +74,16 @@ def test_missing_prepared_data_is_a_problem_with_its_fix(project):
     [problem] = problems(done.output)
     stats = project / "data/prepared/stats.json"
     assert problem == f"problem: {stats}: not found; run `hpcsweep prepare` first (or set data.prepared_dir)"
+
+
+def test_data_prepared_with_another_val_size_is_a_problem_with_its_fix(prepared):
+    done = doctor(prepared.parent.parent, "accelerator=cpu", "data.val_size=7")
+    assert done.exit_code == 1, done.output
+    [problem] = problems(done.output)
+    assert problem == (
+        f"problem: data.val_size=7 but {prepared} was prepared with {VAL_SIZE}; "
+        "run `hpcsweep prepare` again (dvc repro prepare)"
+    )
 
 
 def test_a_tracking_server_that_does_not_answer_is_a_problem(prepared):

@@ -24,7 +24,7 @@ import torch
 
 from helpers.ddp_training import OOM_AT, ddp_training_command
 from helpers.runs import environment, history, overrides, runs_of
-from helpers.synthetic import write_archive
+from helpers.synthetic import VAL_SIZE, write_archive
 from hpcsweep.config import load_config
 from hpcsweep.data.loader import PAD, DeviceLoader
 from hpcsweep.hardware.precision import auto_precision
@@ -108,12 +108,12 @@ def test_the_probe_keeps_the_measured_peak_of_a_step_within_memory_limit_mb():
 
 @pytest.fixture
 def prepared_1200(project) -> Path:
-    """1200 training images: two steps of 512 per epoch."""
+    """1200 training images (1150 after the validation split): two steps of 512 per epoch."""
     from hpcsweep.data.cifar10 import import_archive
     from hpcsweep.data.prepare import prepare
 
     import_archive(write_archive(project / "archive1200.tar.gz", per_batch=240), project / "data/raw")
-    prepare(project / "data/raw", project / "data/prepared")
+    prepare(project / "data/raw", project / "data/prepared", VAL_SIZE)
     return project
 
 
@@ -147,7 +147,7 @@ def test_a_real_out_of_memory_mid_run_halves_the_micro_batch_and_keeps_the_effec
     result = train(config)
     assert result.status == "FINISHED" and result.oom_retries >= 1
     assert result.micro_batch_size < 512 and result.micro_batch_size * result.accumulate_grad_batches == 512
-    assert result.effective_batch_size == 512 and result.steps == 4  # 2 epochs of 1200 // 512: no step lost
+    assert result.effective_batch_size == 512 and result.steps == 4  # 2 epochs of 1150 // 512: no step lost
     run = mlflow.MlflowClient(tracked).get_run(result.run_id)
     assert run.data.metrics["effective_batch_size"] == 512
     assert [size for _, size in history(tracked, result.run_id, "micro_batch_size")] == [
@@ -203,7 +203,7 @@ def test_ddp_over_two_gpus_talks_nccl_and_trains_disjoint_shards(prepared, track
     assert "distributed_backend=nccl" in done.stderr
     [run] = runs_of(tracking_uri, experiment)
     assert run.info.status == "FINISHED" and run.data.metrics["micro_batch_size"] == 30  # 60 over 2 ranks
-    assert history(tracking_uri, run.info.run_id, "train/unique_samples") == [(0, 300.0), (1, 300.0)]
+    assert history(tracking_uri, run.info.run_id, "train/unique_samples") == [(0, 240.0), (1, 240.0)]
     assert history(tracking_uri, run.info.run_id, "train/repeated_samples") == [(0, 0.0), (1, 0.0)]
 
 
@@ -228,7 +228,7 @@ def test_nccl_ranks_agree_to_rerun_a_step_that_one_rank_ran_out_of_memory_in(pre
         time.sleep(0.5)
     for rank in (0, 1):
         result = json.loads((out / f"rank{rank}.json").read_text())
-        assert result["status"] == "FINISHED" and result["oom_retries"] == 1 and result["steps"] == 10
+        assert result["status"] == "FINISHED" and result["oom_retries"] == 1 and result["steps"] == 8
         assert result["micro_batch_size"] == 5 and result["effective_batch_size"] == 60
     states = [torch.load(out / f"rank{rank}.pt", map_location="cpu") for rank in (0, 1)]
     assert all(torch.equal(value, states[1][name]) for name, value in states[0].items())
@@ -240,7 +240,7 @@ def test_nccl_ranks_agree_to_rerun_a_step_that_one_rank_ran_out_of_memory_in(pre
 def test_the_run_records_cuda_peak_memory_nvml_metrics_and_the_precision_auto_chose(prepared, tracked, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     project = prepared.parent.parent
-    # 30 steps of 10 images an epoch, 6 epochs: seconds of training, so NVML is sampled several times
+    # 25 steps of 10 images an epoch, 6 epochs: seconds of training, so NVML is sampled several times
     config = gpu_config(
         project, "model=resnet18", "batch_size=10", "base_batch_size=10", "max_epochs=6", "tracking.system_metrics=true"
     )

@@ -15,6 +15,7 @@ import pytest
 
 from helpers.project import ROOT, shipped_params
 from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
+from helpers.synthetic import VAL_SIZE
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch
 from hpcsweep.grid.executors.slurm import JobSpec, SlurmExecutor, render_job_script
@@ -338,6 +339,23 @@ def test_dry_run_writes_scripts_and_points_and_creates_no_run(prepared, tracking
     }
     assert len(sorted(project.glob(f"runs/{name}/*/points-*.json"))) == 2
     assert point_runs(tracking_server, name) == []
+
+
+@pytest.mark.slow  # about 10 s: the CLI's imports
+def test_a_grid_asking_for_another_val_size_than_the_data_was_prepared_with_is_refused_before_any_run(prepared):
+    project = prepared.parent.parent
+    name, uri = f"valsize{os.getpid()}", f"sqlite:///{project / 'mlflow.db'}"
+    grid = write_grid(project, {"name": name, "base": TINY, "grid": {"optimizer": ["sgd"]}, "seeds": [0]})
+    done = subprocess.run(
+        grid_command(grid, "-s", "data.val_size=7"), cwd=project, env=environment(uri), capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr == (
+        f"Error: data.val_size=7 but {prepared.resolve()} was prepared with {VAL_SIZE}; "
+        "run `hpcsweep prepare` again (dvc repro prepare)\n"
+    )
+    assert not (project / "runs").exists()  # no launch folder
+    assert not (project / "mlflow.db").exists() or point_runs(uri, name) == []
 
 
 ON_GPU = {"accelerator": {"gpu"}, "micro_batch_size": {"auto"}}  # micro-batches that fit the GPU's memory

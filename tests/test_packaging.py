@@ -19,6 +19,7 @@ import yaml
 
 from helpers.project import ROOT, shipped_params
 from helpers.runs import TINY, environment
+from helpers.synthetic import VAL_SIZE
 
 CONDA_ENV_KEYS = {"name", "channels", "dependencies"}  # what an environment.yml may hold, less prefix and variables
 PROJECT_FILES = ("MLproject", "python_env.yaml")  # what `mlflow run` reads besides the code
@@ -198,6 +199,7 @@ def mlflow_run(project: Path, entry: str, *parameters: str) -> subprocess.Comple
 @pytest.mark.slow
 def test_mlproject_entry_points_import_and_prepare(project, synthetic_archive):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["val_size"] = VAL_SIZE  # the synthetic archive's 300 training images hold no 5000
     (project / "params.yaml").write_text(yaml.safe_dump(params))  # the project's own relative data paths
     copy_mlflow_project(project)
     for entry, parameters in (("download", [f"archive={synthetic_archive}"]), ("prepare", [])):

@@ -17,7 +17,7 @@ PUBLISHED_STD = (0.2470, 0.2435, 0.2616)
 
 def test_the_real_archive_imports_and_prepares_to_the_published_statistics(real_project):
     stats = json.loads((real_project / "data/prepared/stats.json").read_text())
-    assert stats["images"] == {"train": 50_000, "test": 10_000}
+    assert stats["images"] == {"train": 45_000, "val": 5_000, "test": 10_000}  # data.val_size: 5000
     assert stats["mean"] == pytest.approx(PUBLISHED_MEAN, abs=0.01)
     assert stats["std"] == pytest.approx(PUBLISHED_STD, abs=0.01)
 

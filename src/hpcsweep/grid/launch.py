@@ -2,8 +2,9 @@
 
 Order matters: everything that can be checked is checked before anything is created (every
 point is a valid config, the tracking server answers, the executor can run here (sbatch exists),
-the prepared data is where jobs will read it, the grid is not accidentally huge, the scheduler
-would accept the jobs), so a mistake costs one error line instead of a hundred dead jobs. Then:
+the prepared data is where jobs will read it, with the validation split the points ask for
+(data.val_size), the grid is not accidentally huge, the scheduler would accept the jobs), so a
+mistake costs one error line instead of a hundred dead jobs. Then:
 the launch folder (points files, job scripts, logs; a new one per launch, even two in the same
 second), the parent and child runs, and one batch per resource shape handed to the executor (one
 sbatch each under SLURM; a shape with more points than the scheduler's largest job array becomes
@@ -65,14 +66,29 @@ def preflight(grid: Grid, options: LaunchOptions) -> None:
     if not options.dry_run:
         options.executor.check()
     options.executor.check_points(grid.points)
-    for prepared in sorted({Path(p.config.data.prepared_dir) for p in grid.points}):
+    check_prepared_data(grid.points)
+    if not options.dry_run:
+        check_tracking_server(grid.points[0].config.tracking.uri)
+
+
+def check_prepared_data(points: list[Point]) -> None:
+    """The prepared data is where jobs will read it, prepared with each point's data.val_size: the
+    check every job's training makes, made once here so that a mismatch costs one line, not a grid
+    of failed runs."""
+    from hpcsweep.data.prepared import check_val_size, read_stats  # imports torch: only a launch pays
+
+    val_sizes: dict[Path, set[int]] = {}
+    for point in points:
+        val_sizes.setdefault(Path(point.config.data.prepared_dir), set()).add(point.config.data.val_size)
+    for prepared, sizes in sorted(val_sizes.items()):
         if not (prepared / "stats.json").is_file():
             raise UserError(
                 f"{prepared}: no prepared data where jobs will read it; run `hpcsweep prepare` "
                 f"(or `dvc pull prepare`) first"
             )
-    if not options.dry_run:
-        check_tracking_server(grid.points[0].config.tracking.uri)
+        stats = read_stats(prepared)
+        for val_size in sorted(sizes):
+            check_val_size(val_size, stats, prepared)
 
 
 def shape_of(point: Point) -> tuple:

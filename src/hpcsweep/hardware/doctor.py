@@ -2,12 +2,13 @@
 
 On a new cluster, or a node that behaves oddly, the questions are always the same: which torch,
 CUDA, cuDNN and NCCL; which GPUs, and can this torch build run on them; is Slurm here; does the
-tracking server answer; is the prepared data where the config says. Each answer is one line.
-Anything that would fail a training is a line "problem: ..." with its fix, and the command exits
-1. The checks are the ones the real steps make: the hardware decision a job makes in its first
-seconds (gpus.py), the prepared-data check of every training (data/prepared.py) and the grid
-launcher's check that the tracking server answers (tracking/client.py). Like a command, this module
-sits above the packages it asks; only cli.py imports it.
+tracking server answer; is the prepared data where the config says, prepared with its
+data.val_size. Each answer is one line. Anything that would fail a training is a line
+"problem: ..." with its fix, and the command exits 1. The checks are the ones the real steps
+make: the hardware decision a job makes in its first seconds (gpus.py), the prepared-data checks
+of every training (data/prepared.py) and the grid launcher's check that the tracking server
+answers (tracking/client.py). Like a command, this module sits above the packages it asks; only
+cli.py imports it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcsweep.config import Config
-from hpcsweep.data.prepared import check_prepared
+from hpcsweep.data.prepared import check_prepared, check_val_size
 from hpcsweep.errors import UserError
 from hpcsweep.hardware.gpus import (
     Gpu,
@@ -59,7 +60,7 @@ def diagnose(config: Config) -> Diagnosis:
     diagnosis.problems += training_problems(config.train, build, gpus, range(config.train.devices))
     diagnosis.add(slurm_fact())
     diagnosis.add(*tracking_check(config))
-    diagnosis.add(*prepared_check(Path(config.data.prepared_dir)))
+    diagnosis.add(*prepared_check(Path(config.data.prepared_dir), config.data.val_size))
     return diagnosis
 
 
@@ -133,9 +134,10 @@ def tracking_check(config: Config) -> tuple[str, str | None]:
     return f"tracking: server {redact(uri)} answers", None
 
 
-def prepared_check(prepared_dir: Path) -> tuple[str, str | None]:
+def prepared_check(prepared_dir: Path, val_size: int) -> tuple[str, str | None]:
     try:
         stats = check_prepared(prepared_dir)
+        check_val_size(val_size, stats, prepared_dir)
     except UserError as error:
         return f"prepared data: {prepared_dir}: not usable", str(error)
     counts = ", ".join(f"{count} {split}" for split, count in stats["images"].items())
