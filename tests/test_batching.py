@@ -329,14 +329,14 @@ def test_cli_memory_limit_below_micro_batch_one_exits_with_one_line(prepared, tm
     assert "Traceback" not in done.stderr
 
 
-def test_the_cpu_demo_grid_accumulates_its_large_batch_and_runs_its_small_one_whole():
+def test_the_cpu_demo_grid_accumulates_its_batch_of_256_as_two_micro_batches_of_128():
     """cpu-demo.yaml's promise: batch 256 does not fit in memory_limit_mb 400, so it runs as
-    accumulated micro-batches; batch 64 fits whole (one probe per batch size: the optimizers share it)."""
+    accumulated micro-batches of 128 (one probe per batch size: the optimizers share it)."""
     grid = load_grid(ROOT / "slurm/grids/cpu-demo.yaml", ROOT / "params.yaml", {})
     trains = {point.config.train.batch_size: point.config.train for point in grid.points}
     chosen = {
         size: probe_micro_batch(fresh(train.model), torch.device("cpu"), size, "32-true", train.memory_limit_mb, 0.1)
         for size, train in trains.items()
     }
-    assert sorted(chosen) == [64, 256]
-    assert chosen[64].micro_batch_size == 64 and chosen[256].micro_batch_size < 256
+    assert sorted(chosen) == [256]
+    assert chosen[256].micro_batch_size == 128

@@ -393,7 +393,7 @@ STUDY_GRIDS = {
         "precision": {"16-mixed"},
     },
     "p100-precision": {**SINGLE_GPU, "precision": {"32-true", "16-mixed"}},
-    "cpu-demo": {"accelerator": {"cpu"}, "optimizer": {"sgd", "adam", "rmsprop"}, "batch_size": {64, 256}},
+    "cpu-demo": {"accelerator": {"cpu"}, "optimizer": {"sgd", "adam"}, "batch_size": {256}},
 }
 PASCAL_PRECISIONS = {"32-true", "16-mixed"}  # no bf16 on a P100; named, so the grid means the same elsewhere
 P100_GPUS_PER_NODE = 4
