@@ -129,11 +129,12 @@ def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_u
     assert status[-1] == "3 points: 3 FINISHED", status
     labels = [row.split(maxsplit=4)[-1] for row in status[1:-1]]  # the point column of `hpcsweep status`
     assert sorted(label.split(",")[0] for label in labels) == ["optimizer=adam", "optimizer=sgd", "optimizer=sgd"]
-    trained = {f"optimizer={o}" for o in spec["grid"]["optimizer"]}  # sgd's two lrs are one set-up, at its best
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert (summary["runs"], summary["finished_runs"]) == (3, 3)
     with open(repo / "reports/pareto.csv") as front:
-        assert {row["configuration"] for row in csv.DictReader(front)} == trained
+        trained = {row["configuration"] for row in csv.DictReader(front)}  # each set-up at its chosen lr
+    # sgd's two learning rates are one set-up, shown at its best: one configuration per optimizer
+    assert sorted(label.split(",")[0] for label in trained) == ["optimizer=adam", "optimizer=sgd"]
     page = (repo / "reports/index.html").read_text()
     # every trained configuration is a row of the page's table (its findings name only the winners)
     assert all(f"<td data-sort='{o}'>{o}</td>" in page for o in spec["grid"]["optimizer"]) and "Recommendation:" in page
