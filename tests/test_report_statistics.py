@@ -252,3 +252,19 @@ def test_when_nothing_reaches_the_target_the_median_best_val_acc_is_timed_instea
         "Nothing reached the target (90% val/acc). Time to 72% val/acc (the median best val/acc), fastest first: "
         "optimizer=a: 10.0 s, 0.00278 GPU-hours (2/2 seeds); never reached by optimizer=b."
     )
+
+
+def two_seeds(name: str, finals: tuple[float, float], seconds: float) -> list:
+    return [
+        record(f"{name}-{seed}", accuracy=(final,), seconds=(seconds,), optimizer=name, seed=seed)
+        for seed, final in enumerate(finals)
+    ]
+
+
+@pytest.mark.parametrize(("cheaper_seconds", "recommended"), [(9.5, "optimizer=a"), (5.0, "optimizer=b")])
+def test_a_tied_configuration_is_recommended_over_the_best_only_for_a_real_saving(cheaper_seconds, recommended):
+    """Two seeds tie nearly everything (t = 12.7): a set-up 10 points lower must not be recommended
+    over the most accurate for a saving as small as 5%, which is itself within noise."""
+    records = [*two_seeds("a", (0.40, 0.30), 10.0), *two_seeds("b", (0.30, 0.20), cheaper_seconds)]
+    advice = sentence(analyse(records, "hand-made", "test", None), "Recommendation:")
+    assert advice.startswith(f"Recommendation: {recommended} "), advice

@@ -22,6 +22,9 @@ from hpcsweep.report.timing import time_sentence
 from hpcsweep.report.tuning import TunedGroup
 
 NEAR_BEST = 0.01  # with a single seed, within one accuracy point of the best counts as as good
+# a configuration as good as the most accurate replaces it only for at least this saving: with few
+# seeds nearly everything ties, and a few percent of device-hours is itself within noise
+REAL_SAVING = 0.1
 
 
 def seeds(count: int) -> str:
@@ -103,17 +106,22 @@ def budget_sentence(done: pd.DataFrame, device: str) -> str:
 
 
 def recommendation(table: pd.DataFrame, device: str) -> str:
-    """The cheapest configuration as good as the most accurate: tied within noise with it or, where
-    a single seed leaves that unknown, within NEAR_BEST of its val/acc."""
+    """The cheapest configuration as good as the most accurate (tied within noise with it or, where
+    a single seed leaves that unknown, within NEAR_BEST of its val/acc) that saves at least
+    REAL_SAVING of its device-hours; else the most accurate."""
     done = finished_rows(table)
     if done.empty:
         return "Recommendation: none — no configuration finished; fix the failures listed in the table first."
     best = most_accurate(done)
     unknown_but_close = done["tied_with_best"].isna() & (done[ACCURACY] >= best[ACCURACY] - NEAR_BEST)
-    good = done[(done["configuration"] == best["configuration"]) | tied_mask(done) | unknown_but_close]
+    cheaper = done["gpu_hours"] <= (1 - REAL_SAVING) * best["gpu_hours"]
+    good = done[(done["configuration"] == best["configuration"]) | (cheaper & (tied_mask(done) | unknown_but_close))]
     choice = good.sort_values(["gpu_hours", ACCURACY, "configuration"], ascending=[True, False, True]).iloc[0]
     if choice["configuration"] == best["configuration"]:
-        advice = f"Recommendation: {describe(best, device)}: the most accurate, and nothing as good is cheaper."
+        advice = (
+            f"Recommendation: {describe(best, device)}: the most accurate, and nothing as good costs "
+            f"{REAL_SAVING:.0%} less."
+        )
     else:
         share = choice["gpu_hours"] / best["gpu_hours"] if best["gpu_hours"] else math.nan
         how = "tied within noise with" if choice["tied_with_best"] is True else f"within {NEAR_BEST} val/acc of"
