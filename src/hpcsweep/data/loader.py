@@ -164,10 +164,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.batch_size, self.limit, self.workers = batch_size, limit_train_samples, workers
 
     def setup(self, stage: str) -> None:
-        self.mean, self.std = load_stats(self.prepared_dir)
+        stats = read_stats(self.prepared_dir)
+        self.mean, self.std = stats["mean"], stats["std"]
         self.train_split = load_split(self.prepared_dir, "train", self.limit)
-        splits = evaluation_splits(read_stats(self.prepared_dir))
-        self.evaluation_splits = [load_split(self.prepared_dir, split) for split in splits]
+        self.evaluation_splits = [load_split(self.prepared_dir, split) for split in evaluation_splits(stats)]
 
     def device_loader(self, split: tuple[torch.Tensor, torch.Tensor], train: bool) -> DeviceLoader:
         device = self.trainer.strategy.root_device
