@@ -18,7 +18,7 @@ from mlflow.models import get_model_info
 from helpers.project import commit_all
 from helpers.runs import QUICK, TINY, environment, hpcsweep, overrides, runs_of, write_grid
 from helpers.services import free_port
-from hpcsweep.grid.runs import create_child, create_parent
+from hpcsweep.grid.runs import Lineage, create_child, create_parent
 from hpcsweep.grid.spec import load_grid
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
@@ -103,7 +103,9 @@ def test_launched_runs_name_their_grid_file_as_source_and_the_launch_its_commit(
     experiment = experiment_id(client, "ui")
     with contextlib.chdir(project):  # the launch runs in the project
         parent = client.get_run(create_parent(client, grid, experiment, "hpcsweep grid grid.yaml"))
-    child = client.get_run(create_child(client, experiment, parent.info.run_id, grid, grid.points[0]))
+    lineage = Lineage(grid.name, grid.path.name, experiment, parent.info.run_id)
+    point = grid.points[0]
+    child = client.get_run(create_child(client, lineage, point.label, point.config, {}, scheduled=True))
     source = ("mlflow.source.name", "mlflow.source.type")
     assert [parent.data.tags[key] for key in source] == ["hpcsweep grid grid.yaml", "LOCAL"]
     assert parent.data.tags["mlflow.source.git.commit"] == commit

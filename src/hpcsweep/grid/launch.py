@@ -6,9 +6,10 @@ the prepared data is where jobs will read it, with the validation split the poin
 (data.val_size), the grid is not accidentally huge, the scheduler would accept the jobs), so a
 mistake costs one error line instead of a hundred dead jobs. Then:
 the launch folder (points files, job scripts, logs; a new one per launch, even two in the same
-second), the parent and child runs, and one batch per resource shape handed to the executor (one
-sbatch each under SLURM; a shape with more points than the scheduler's largest job array becomes
-several batches). Messages show the tracking URI redacted. A relaunch skips points that
+second), the parent run, one batch per resource shape handed to the executor (one sbatch each under
+SLURM; a shape with more points than the scheduler's largest job array becomes several batches),
+and the child runs, created while the jobs wait in the queue (child_runs.py). Messages show the
+tracking URI redacted. A relaunch skips points that
 already have a FINISHED or pruned run (or a live job) and resubmits failed and killed ones into
 new runs. A grid that prunes gets one Optuna study, created here before any job starts, in a
 journal file beside its launch folders (runs/GRID/), the same for every launch of the grid: a
@@ -21,7 +22,6 @@ import dataclasses
 import itertools
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -32,6 +32,7 @@ from hpcsweep.atomic import FILE_MODE, PRIVATE, atomic_file
 from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.child_runs import ChildRuns
 from hpcsweep.grid.executors.base import Batch, Executor
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
@@ -40,8 +41,6 @@ from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.training.prune_settings import PruneSettings, open_study
 
 LAUNCH_ROOT = Path("runs")
-CLIENT_THREADS = 16
-SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
 PRUNING_JOURNAL = "pruning.optuna-journal"  # in LAUNCH_ROOT/GRID: the grid's Optuna study
 
 
@@ -119,10 +118,10 @@ def pruning_for_jobs(grid: Grid) -> PruneSettings | None:
     return dataclasses.replace(grid.prune, study=grid.name, journal=str(journal))
 
 
-def write_points_file(batch: Batch, run_ids: dict[int, str], pruning: PruneSettings | None) -> None:
+def write_points_file(batch: Batch, lineage: grid_runs.Lineage | None, pruning: PruneSettings | None) -> None:
     """Readable as the umask allows, unless it holds a secret: jobs read the tracking URI here, and one
     taken from MLFLOW_TRACKING_URI may carry a password."""
-    document = grid_runs.points_document(batch.grid_name, batch.points, run_ids, pruning)
+    document = grid_runs.points_document(batch.grid_name, batch.points, lineage, pruning)
     with atomic_file(batch.points_file, mode=PRIVATE if redact_text(document) != document else FILE_MODE) as temporary:
         temporary.write_text(document)
 
@@ -158,7 +157,8 @@ def new_launch_folder(grid_name: str) -> Path:
 
 
 def launch(grid: Grid, options: LaunchOptions) -> Path | None:
-    """Validate, create the runs, submit or run; returns the launch folder (None: nothing to run)."""
+    """Validate, submit or run, create the runs; returns the launch folder (None: nothing to run)."""
+    started = time.monotonic()
     uri = absolute_uri(tracking_uri(grid.points[0].config) if grid.points else DEFAULT_URI)
     grid = dataclasses.replace(
         grid, points=[dataclasses.replace(p, config=for_jobs(p.config, uri)) for p in grid.points]
@@ -171,7 +171,7 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
         folder = new_launch_folder(grid.name)
         batches = make_batches(grid, grid.points, folder, max_batch_size)
         for batch in batches:
-            write_points_file(batch, {}, pruning)
+            write_points_file(batch, None, pruning)
             executor.prepare(batch)
         report_files(grid, batches, "dry run: nothing submitted, no run created")
         return folder
@@ -193,49 +193,28 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
     if pruning:
         open_study(pruning)  # once, before the jobs: they load it
     parent = grid_runs.create_parent(client, grid, experiment, options.command)
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # a round trip each: 1000 in sequence take minutes
-        created = pool.map(lambda p: grid_runs.create_child(client, experiment, parent, grid, p), todo)
-        run_ids = dict(zip((p.index for p in todo), created))
+    lineage = grid_runs.Lineage(grid.name, grid.path.name, experiment, parent, tuple(grid.tune))
     for batch in batches:
-        write_points_file(batch, run_ids, pruning)
+        write_points_file(batch, lineage, pruning)
     print(
         f"{grid.name}: {len(todo)} of {len(grid.points)} points to run, experiment {grid.experiment!r}, "
-        f"parent run {parent}"
+        f"parent run {parent}",
+        flush=True,
     )
+    children = ChildRuns(client, lineage)
+    submitted = False
     try:
+        if executor.runs_in_foreground:
+            children.create_now(batches)
         for batch in batches:
-            executor.submit(batch, MlflowBatchRuns(client, [run_ids[p.index] for p in batch.points]))
+            executor.submit(batch, children.batch_runs(batch))
+        submitted = True
     finally:
+        if submitted and not executor.runs_in_foreground:
+            print(f"{grid.name}: {len(todo)} points queued in {time.monotonic() - started:.1f} s", flush=True)
+        children.close(cancel=not submitted)
         grid_runs.finish(client, parent, "FINISHED")
     return folder
-
-
-@dataclass(frozen=True)
-class MlflowBatchRuns:
-    """What an executor reports about a batch (`executors.base.BatchRuns`), written onto its child runs."""
-
-    client: mlflow.MlflowClient
-    run_ids: list[str]  # by task: a point's place in the batch
-
-    def mark_killed(self, task: int) -> None:
-        if grid_runs.is_active(self.client.get_run(self.run_ids[task])):
-            grid_runs.finish(self.client, self.run_ids[task], "KILLED")
-
-    def mark_all_failed(self) -> None:
-        for run_id in self.run_ids:
-            grid_runs.finish(self.client, run_id, "FAILED")
-
-    def tag_with_job(self, job_id: str, logs: list[Path]) -> None:
-        def tag(task: int) -> None:
-            tags = [
-                mlflow.entities.RunTag("slurm_job_id", job_id),
-                mlflow.entities.RunTag("slurm_array_task_id", str(task)),
-                mlflow.entities.RunTag(SLURM_LOG, str(logs[task])),
-            ]
-            self.client.log_batch(self.run_ids[task], tags=tags)
-
-        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(tag, range(len(self.run_ids))))
 
 
 def report_files(grid: Grid, batches: list[Batch], what: str) -> None:

@@ -1,10 +1,13 @@
 """The MLflow side of a grid: a parent run per launch, a child run per point, and finding them again.
 
-Children are created at launch, before any job starts, with status SCHEDULED, their params and
-the tags `grid`, `config_hash`, `mlflow.parentRunId` (and `hpcsweep.tuned`, the tuned keys joined by
-",", for a grid that tunes some); each job then trains into its own child
-through the run id in its points file, so the MLflow UI shows the whole study, queued points included, grouped
-under the launch. The experiment is created here, once, before jobs start: concurrent
+The parent is created at launch, before the job arrays are submitted; the children right after,
+by the launcher with status SCHEDULED and the tags of their job array task (or, where a task
+started first, by the task itself: run_ids.py makes sure it is one or the other). Each has the
+point's params and the tags `grid`, `config_hash`, `mlflow.parentRunId` (and `hpcsweep.tuned`, the
+tuned keys joined by ",", for a grid that tunes some); each job then trains into its own child, so
+the MLflow UI shows the whole study, queued points included, grouped under the launch. What
+every child of a launch shares (`Lineage`) is written into the points files, for the tasks. The
+experiment is created here, once, before jobs start: concurrent
 `set_experiment` calls from many jobs were seen to put runs into the Default experiment. It is
 marked as model training (`ui_metadata.py`), so that MLflow's UI opens its runs table; the launch
 run carries the launching command's git commit, and each point says which grid file it came from
@@ -16,11 +19,13 @@ experiment: every URI and secret in them is redacted; the points files jobs read
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 
 import mlflow
 from mlflow.entities import Run, RunStatus, SourceType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from hpcsweep.config import Config
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.credentials import redact_text, redact_values
 from hpcsweep.tracking.tags import git_source_tags, logged_params
@@ -30,10 +35,11 @@ from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
 ROLE = "hpcsweep.role"
 TUNED = "hpcsweep.tuned"  # the config keys a grid tunes per configuration, joined by ","
 ACTIVE = ("SCHEDULED", "RUNNING")
+SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
 
 
-def launch_source(grid: Grid, source_type: int) -> dict[str, str]:
-    return source_tags(f"hpcsweep grid {grid.path.name}", SourceType.to_string(source_type))
+def launch_source(grid_file: str, source_type: int) -> dict[str, str]:
+    return source_tags(f"hpcsweep grid {grid_file}", SourceType.to_string(source_type))
 
 
 def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, command: str) -> str:
@@ -41,13 +47,13 @@ def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, comm
         "grid": grid.name,
         ROLE: "launch",
         MLFLOW_RUN_NAME: f"{grid.name} launch",
-        **launch_source(grid, SourceType.LOCAL),
+        **launch_source(grid.path.name, SourceType.LOCAL),
         **git_source_tags(),
     }
     run = client.create_run(experiment, tags=tags)
     files = {
         grid.path.name: redact_text(grid.path.read_text()),
-        "points.json": json.dumps(redact_values(points_data(grid.name, grid.points, {})), indent=1),
+        "points.json": json.dumps(redact_values(points_data(grid.name, grid.points)), indent=1),
         "command.txt": redact_text(command) + "\n",
     }
     for name, text in files.items():
@@ -55,24 +61,49 @@ def create_parent(client: mlflow.MlflowClient, grid: Grid, experiment: str, comm
     return run.info.run_id
 
 
-def create_child(client: mlflow.MlflowClient, experiment: str, parent: str, grid: Grid, point: Point) -> str:
-    config = point.config
+@dataclass(frozen=True)
+class Lineage:
+    """What every child run of one launch shares: where it goes and what it belongs to."""
+
+    grid: str
+    grid_file: str  # its name: the children's Source in the UI
+    experiment_id: str
+    parent_run_id: str
+    tuned: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Lineage:
+        return cls(**{**data, "tuned": tuple(data["tuned"])})
+
+
+def create_child(
+    client: mlflow.MlflowClient, lineage: Lineage, label: str, config: Config, tags: dict[str, str], scheduled: bool
+) -> str:
+    """A point's run with its params and tags; SCHEDULED for one made at launch, RUNNING (MLflow's
+    start) for one a task makes as it starts training."""
     tags = {
-        "grid": grid.name,
+        "grid": lineage.grid,
         ROLE: "point",
         "config_hash": config.hash,
-        MLFLOW_PARENT_RUN_ID: parent,
-        MLFLOW_RUN_NAME: point.label.replace(", ", " ")[:250],
-        "point": point.label,
-        **launch_source(grid, SourceType.JOB),
-        **({TUNED: ",".join(grid.tune)} if grid.tune else {}),
+        MLFLOW_PARENT_RUN_ID: lineage.parent_run_id,
+        MLFLOW_RUN_NAME: label.replace(", ", " ")[:250],
+        "point": label,
+        **launch_source(lineage.grid_file, SourceType.JOB),
+        **({TUNED: ",".join(lineage.tuned)} if lineage.tuned else {}),
+        **tags,
     }
-    run = client.create_run(experiment, tags=tags)
+    run = client.create_run(lineage.experiment_id, tags=tags)
     client.log_batch(
         run.info.run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in logged_params(config).items()]
     )
-    client.update_run(run.info.run_id, status="SCHEDULED")
+    if scheduled:
+        client.update_run(run.info.run_id, status="SCHEDULED")
     return run.info.run_id
+
+
+def job_tags(job_id: str, task: int, log: str) -> dict[str, str]:
+    """The tags that tie a run to its array task: for relaunch (is it alive?) and `status` (its log)."""
+    return {"slurm_job_id": job_id, "slurm_array_task_id": str(task), SLURM_LOG: log}
 
 
 def search_newest_first(client: mlflow.MlflowClient, experiment_ids: list[str], query: str = "") -> list[Run]:
@@ -119,21 +150,23 @@ def status_name(run: Run) -> str:
 
 
 def points_data(
-    grid_name: str, points: list[Point], run_ids: dict[int, str], pruning: PruneSettings | None = None
+    grid_name: str,
+    points: list[Point],
+    lineage: Lineage | None = None,
+    pruning: PruneSettings | None = None,
 ) -> dict:
     return {
         "grid": grid_name,
+        **({"lineage": asdict(lineage)} if lineage else {}),
         **({"pruning": pruning.to_dict()} if pruning else {}),
-        "points": [
-            {"point": p.index, "label": p.label, "run_id": run_ids.get(p.index), "config": p.config.to_dict()}
-            for p in points
-        ],
+        "points": [{"point": p.index, "label": p.label, "config": p.config.to_dict()} for p in points],
     }
 
 
 def points_document(
-    grid_name: str, points: list[Point], run_ids: dict[int, str], pruning: PruneSettings | None = None
+    grid_name: str, points: list[Point], lineage: Lineage | None = None, pruning: PruneSettings | None = None
 ) -> str:
-    """The JSON task i of a job array reads its point from (entry i): full config, run to train into;
-    and, for a grid that prunes, the settings and the study every task reports to."""
-    return json.dumps(points_data(grid_name, points, run_ids, pruning), indent=1)
+    """The JSON task i of a job array reads its point from (entry i): full config, and the launch its
+    run belongs to (None in a dry run); for a grid that prunes, the settings and the study every task
+    reports to."""
+    return json.dumps(points_data(grid_name, points, lineage, pruning), indent=1)

@@ -19,7 +19,6 @@ from mlflow.entities import Run
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors import slurm, slurm_states
-from hpcsweep.grid.launch import SLURM_LOG
 from hpcsweep.tracking.credentials import redact
 from hpcsweep.tracking.tags import FAILURE_REASON
 from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH
@@ -57,7 +56,7 @@ def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
 
 def log_of_unfinished(run: Run, slurm_state: str) -> str | None:
     unfinished = slurm_state in DID_NOT_FINISH or grid_runs.status_name(run) in DID_NOT_FINISH_RUN
-    return run.data.tags.get(SLURM_LOG) if unfinished and not grid_runs.is_pruned(run) else None
+    return run.data.tags.get(grid_runs.SLURM_LOG) if unfinished and not grid_runs.is_pruned(run) else None
 
 
 def run_state(run: Run) -> tuple[str, str | None]:

@@ -5,7 +5,7 @@ check points and the largest batch it takes (before anything is created), prepar
 batch needs), test (would the scheduler take it; still before any run exists), submit, and live
 jobs (for a relaunch).
 Another scheduler is one more class, not another branch in launch. Executors know their scheduler and nothing of MLflow:
-what happened to a batch's runs (a point stopped by Ctrl-C, a refused submission, a job id) they
+what happened to a batch's runs (a point stopped by Ctrl-C, a job id) they
 report through `BatchRuns`, which launch implements.
 """
 
@@ -50,16 +50,15 @@ class BatchRuns(Protocol):
     def mark_killed(self, task: int) -> None:
         """The point was stopped while running: its run becomes KILLED unless it already ended."""
 
-    def mark_all_failed(self) -> None:
-        """The batch never started: every run becomes FAILED, for the next launch to resubmit."""
-
-    def tag_with_job(self, job_id: str, logs: list[Path]) -> None:
-        """The batch was submitted as job array `job_id`: each run is tagged with its job, its task and
-        the file its task logs to (`logs[task]`)."""
+    def queued(self, job_id: str, logs: list[Path]) -> None:
+        """The batch was submitted as job array `job_id`: each point's run is created (unless its task
+        already made it), tagged with its job, its task and the file its task logs to (`logs[task]`)."""
 
 
 class Executor(ABC):
     """Where a launch's batches run. The default steps do nothing, for executors that need none."""
+
+    runs_in_foreground = False  # True: submit runs the batch to its end, here; its runs must exist first
 
     def __init__(self, settings: ExecutorSettings | None = None) -> None:
         self.settings = settings or ExecutorSettings()

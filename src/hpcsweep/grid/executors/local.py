@@ -23,6 +23,8 @@ from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
 class LocalExecutor(Executor):
     """A batch is its points run here in turn; nothing to check, write or test beforehand."""
 
+    runs_in_foreground = True
+
     def submit(self, batch: Batch, runs: BatchRuns) -> None:
         run_points(batch.points_file, [point.label for point in batch.points], on_interrupt=runs.mark_killed)
 

@@ -13,6 +13,7 @@ or every restart would be signalled at once and requeue again.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -49,6 +50,7 @@ GPU_GRES = re.compile(r"(?:^|,)(?:gpu|shard|mps)(?::|,|$)")  # gres=gpu:2, gpu:a
 # off the cluster)
 DEFAULT_MAX_ARRAY_SIZE = 1001
 MAX_ARRAY_SIZE = re.compile(r"^MaxArraySize\s*=\s*(\d+)\s*$", re.MULTILINE)  # a `scontrol show config` line
+LOG_FOLDER = "logs"  # in the launch folder
 LOG_PATTERN = "%A_%a.out"  # one log per array task, kept across requeues (--open-mode=append)
 
 DEFAULT_TEMPLATE = """#!/bin/bash
@@ -258,12 +260,8 @@ class SlurmExecutor(Executor):
         test_only(batch.script, self.job_environment())
 
     def submit(self, batch: Batch, runs: BatchRuns) -> None:
-        try:
-            job_id = submit_array(batch.script, self.job_environment())
-        except UserError:
-            runs.mark_all_failed()
-            raise
-        runs.tag_with_job(job_id, [task_log(log_dir(batch), job_id, task) for task in range(len(batch.points))])
+        job_id = submit_array(batch.script, self.job_environment())
+        runs.queued(job_id, [task_log(log_dir(batch), job_id, task) for task in range(len(batch.points))])
         print(f"submitted job array {job_id} ({len(batch.points)} points): {batch.script}")
 
     def live_jobs(self, job_keys: list[str]) -> set[str]:
@@ -299,4 +297,10 @@ class SlurmExecutor(Executor):
 
 
 def log_dir(batch: Batch) -> Path:
-    return batch.folder / "logs"
+    return batch.folder / LOG_FOLDER
+
+
+def this_task(points_file: Path, task: int) -> tuple[str, Path] | None:
+    """The job array and log file of array task `task` running here; None outside a SLURM job array."""
+    job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return (job_id, task_log(points_file.parent / LOG_FOLDER, job_id, task)) if job_id else None
