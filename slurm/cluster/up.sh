@@ -25,6 +25,8 @@
 #   HPCSWEEP_SLURM_CRED_EXPIRE   AuthInfo cred_expire, also the delay before
 #                            a requeued job may start again (default 10)
 #   HPCSWEEP_SLURM_CTLD_PORT, HPCSWEEP_SLURM_SLURMD_BASE_PORT   ports
+#   HPCSWEEP_SLURM_MAX_ARRAY_SIZE   MaxArraySize (default 4: see below; benchmarks/scale.py
+#                            uses a real site's 1001)
 #
 # Needs root to install packages and start daemons (SlurmUser=root); a
 # non-root caller gets the exports only if the cluster is already up.
@@ -37,6 +39,7 @@ source "$HERE/common.sh"
 
 TIMEOUT="${HPCSWEEP_SLURM_TIMEOUT:-60}"
 CRED_EXPIRE="${HPCSWEEP_SLURM_CRED_EXPIRE:-10}"
+MAX_ARRAY_SIZE="${HPCSWEEP_SLURM_MAX_ARRAY_SIZE:-4}"
 
 # Keep the caller's stdout (fd 3) for the export lines; everything else,
 # including the output of any command run below, goes to stderr.
@@ -263,7 +266,7 @@ Waittime=0
 MinJobAge=300
 # Small on purpose: a grid with more points of one shape becomes several job arrays, and the
 # cluster tests run that path with a handful of points (a real site's default is 1001).
-MaxArraySize=4
+MaxArraySize=${MAX_ARRAY_SIZE}
 MaxJobCount=50000
 
 EOF

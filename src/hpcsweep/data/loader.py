@@ -25,7 +25,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hpcsweep.data.prepared import evaluation_splits, read_split, read_stats
+from hpcsweep.data.prepared import evaluation_splits, read_split
+from hpcsweep.data.stats import read_stats
 
 PAD = 4
 

@@ -21,11 +21,9 @@ import torch
 
 from hpcsweep.atomic import atomic_dir
 from hpcsweep.data.cifar10 import ARCHIVE_NAME, CLASSES, Split, read_archive
+from hpcsweep.data.stats import SPLIT_FILES, STATS_FILE
 from hpcsweep.data.validation import hold_out, indices_sha256
 from hpcsweep.errors import UserError
-
-STATS_FILE = "stats.json"
-SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
 
 
 def prepare(raw_dir: Path, out_dir: Path, val_size: int) -> dict:

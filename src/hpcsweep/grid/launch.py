@@ -30,6 +30,7 @@ import mlflow
 
 from hpcsweep.atomic import FILE_MODE, PRIVATE, atomic_file
 from hpcsweep.config import Config
+from hpcsweep.data.stats import check_val_size, read_stats
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.child_runs import ChildRuns
@@ -74,7 +75,6 @@ def check_prepared_data(points: list[Point]) -> None:
     """The prepared data is where jobs will read it, prepared with each point's data.val_size: the
     check every job's training makes, made once here so that a mismatch costs one line, not a grid
     of failed runs."""
-    from hpcsweep.data.prepared import check_val_size, read_stats  # imports torch: only a launch pays
 
     val_sizes: dict[Path, set[int]] = {}
     for point in points:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcsweep.config import Config
-from hpcsweep.data.prepared import check_prepared, check_val_size
+from hpcsweep.data.prepared import check_prepared
+from hpcsweep.data.stats import check_val_size
 from hpcsweep.errors import UserError
 from hpcsweep.hardware.gpus import (
     Gpu,

@@ -81,7 +81,7 @@ def prepared_dataset(prepared_dir: str, digest: str) -> MetaDataset:
     """The prepared folder as an MLflow dataset: its path as the source, `digest` (tags.data_md5) as its
     digest, its splits' image counts and the validation split's identity as its profile."""
     # imported here: it imports torch, and `status` and `report` import this module
-    from hpcsweep.data.prepared import read_stats
+    from hpcsweep.data.stats import read_stats
 
     stats = read_stats(Path(prepared_dir))
     source = LocalArtifactDatasetSource(str(Path(prepared_dir).resolve()))

@@ -25,7 +25,8 @@ from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config, TrainConfig
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
-from hpcsweep.data.prepared import check_prepared, check_val_size
+from hpcsweep.data.prepared import check_prepared
+from hpcsweep.data.stats import check_val_size
 from hpcsweep.errors import UserError
 from hpcsweep.hardware.gpus import check_training_hardware, trains_on_cuda
 from hpcsweep.hardware.precision import precision_for
