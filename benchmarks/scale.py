@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' services, synthetic data a
 from helpers import simulated_point  # noqa: E402
 from helpers.synthetic import VAL_SIZE, write_archive  # noqa: E402
 from tracking_server import clean_environment, postgres_s3_server  # noqa: E402  (beside this file)
+
 LRS = [0.0125, 0.025, 0.05, 0.1, 0.2]
 OPTIMIZERS = ["sgd", "adam"]
 RESOURCES = {"cpus_per_task": 1, "mem": "500M", "time": "00:20:00", "partition": "debug"}
