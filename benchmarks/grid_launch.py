@@ -1,16 +1,14 @@
-"""How long launching a 1000-point grid takes, and how many sbatch calls it makes.
+"""How long a dry run of a 1000-point grid takes, and how many sbatch calls it would make.
 
 Run by hand from the project root (it needs prepared data where params.yaml says, and a
 tracking server for the second part):
 
-    python benchmarks/grid_launch.py [--server http://127.0.0.1:5000] [--runs 100]
+    python benchmarks/grid_launch.py [--server http://127.0.0.1:5000]
 
 1. `--dry-run` of a 1000-point grid: expand, validate every point as a full config, write the
    points file and the job script (one per resource shape = one sbatch call when submitted).
-2. Creating the MLflow child runs a real launch needs (SCHEDULED, with params and tags), timed
-   for `--runs` of them against the server and extrapolated to 1000: this, not sbatch, is what a
-   real launch spends its time on.
-3. The cost estimate the dry run prints for the same 1000 points, against the server, after
+   A real launch, with its runs, is timed end to end on the dev cluster by scale.py.
+2. The cost estimate the dry run prints for the same 1000 points, against the server, after
    `--earlier` FINISHED runs of each of the grid's 10 settings (one per batch size) are logged
    there for it to find: one search per setting, so 10 however many points.
 """
@@ -27,10 +25,10 @@ from pathlib import Path
 import mlflow
 
 from hpcsweep.config import parse_overrides
-from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid.child_runs import CLIENT_THREADS
 from hpcsweep.grid.cost import grid_cost
 from hpcsweep.grid.executors.slurm import SlurmExecutor
-from hpcsweep.grid.launch import CLIENT_THREADS, LaunchOptions, launch
+from hpcsweep.grid.launch import LaunchOptions, launch
 from hpcsweep.grid.spec import load_grid
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.tags import DEVICE_TYPE
@@ -55,22 +53,6 @@ def time_dry_run(folder: Path, repeats: int = 3) -> tuple[float, int, int]:
         launched = launch(grid, LaunchOptions(executor=SlurmExecutor(), dry_run=True))
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds), len(grid.points), len(list(launched.glob("job-*.sbatch")))
-
-
-def time_child_runs(server: str, count: int) -> float:
-    grid_file = Path(tempfile.mkdtemp()) / "grid.yaml"
-    grid_file.write_text(GRID)
-    grid = load_grid(grid_file, Path("params.yaml"), parse_overrides([]))
-    client = mlflow.MlflowClient(server)
-    experiment = experiment_id(client, grid.experiment)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:  # as launch does
-        list(
-            pool.map(
-                lambda p: grid_runs.create_child(client, experiment, "benchmark-parent", grid, p), grid.points[:count]
-            )
-        )
-    return (time.perf_counter() - started) / count
 
 
 def log_earlier_runs(client: mlflow.MlflowClient, experiment: str, configs: list, per_setting: int) -> None:
@@ -110,7 +92,6 @@ def time_cost_estimate(server: str, per_setting: int, repeats: int = 3) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="an MLflow tracking server to time child-run creation against")
-    parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--earlier", type=int, default=5, help="earlier runs per setting for the cost estimate")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -120,8 +101,6 @@ def main() -> None:
         f"{scripts} job script(s) = {scripts} sbatch call(s)"
     )
     if args.server:
-        per_run = time_child_runs(args.server, args.runs)
-        print(f"child runs: {per_run * 1000:.0f} ms each over {args.runs}; 1000 points -> {per_run * 1000:.0f} s")
         seconds, lines = time_cost_estimate(args.server, args.earlier)
         print(f"cost estimate of the 1000 points: {seconds:.2f} s (median of 3); it printed {lines[0]!r}")
 
