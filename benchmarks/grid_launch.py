@@ -25,10 +25,10 @@ from pathlib import Path
 import mlflow
 
 from hpcsweep.config import parse_overrides
-from hpcsweep.grid.child_runs import CLIENT_THREADS
 from hpcsweep.grid.cost import grid_cost
 from hpcsweep.grid.executors.slurm import SlurmExecutor
 from hpcsweep.grid.launch import LaunchOptions, launch
+from hpcsweep.grid.runs import CLIENT_THREADS
 from hpcsweep.grid.spec import load_grid
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.tags import DEVICE_TYPE

@@ -23,8 +23,6 @@ from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch
 from hpcsweep.tracking.credentials import redact_text
 
-CLIENT_THREADS = 16  # concurrent requests to the server: enough to hide its latency, not to flood it
-
 
 class ChildRuns:
     """Creates child runs of one launch in the background, each unless its task claimed it first."""
@@ -32,7 +30,7 @@ class ChildRuns:
     def __init__(self, client: mlflow.MlflowClient, lineage: grid_runs.Lineage) -> None:
         self.client = client
         self.lineage = lineage
-        self.pool = ThreadPoolExecutor(CLIENT_THREADS, thread_name_prefix="child-runs")
+        self.pool = ThreadPoolExecutor(grid_runs.CLIENT_THREADS, thread_name_prefix="child-runs")
         self.futures: list[Future] = []
         self.started = time.monotonic()
 

@@ -19,6 +19,7 @@ experiment: every URI and secret in them is redacted; the points files jobs read
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import mlflow
@@ -35,6 +36,7 @@ from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
 ROLE = "hpcsweep.role"
 TUNED = "hpcsweep.tuned"  # the config keys a grid tunes per configuration, joined by ","
 ACTIVE = ("SCHEDULED", "RUNNING")
+CLIENT_THREADS = 16  # concurrent requests to the server: enough to hide its latency, not to flood it
 SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
 
 
@@ -133,6 +135,12 @@ def job_key(run: Run) -> str | None:
 
 def finish(client: mlflow.MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status)
+
+
+def finish_all(client: mlflow.MlflowClient, run_ids: list[str], status: str) -> None:
+    """`finish` each, from CLIENT_THREADS threads: a round trip each, minutes for 1000 in sequence."""
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(lambda run_id: finish(client, run_id, status), run_ids))
 
 
 def is_active(run: Run) -> bool:

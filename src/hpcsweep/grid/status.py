@@ -117,5 +117,4 @@ def planned_cancellation(client: mlflow.MlflowClient, grid_name: str) -> Cancell
 def cancel(client: mlflow.MlflowClient, cancellation: Cancellation) -> None:
     """scancel the job arrays, then mark the runs KILLED."""
     slurm.cancel(cancellation.job_arrays)
-    for run in cancellation.runs:
-        grid_runs.finish(client, run.info.run_id, "KILLED")
+    grid_runs.finish_all(client, [run.info.run_id for run in cancellation.runs], "KILLED")
