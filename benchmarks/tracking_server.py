@@ -1,22 +1,30 @@
-"""What logging to the tracking server costs: server throughput and latency, and training's share.
+"""What logging to the tracking server costs: server throughput per core, and training's share.
 
 Run by hand from the project root, on an otherwise idle machine (it prints the load average):
 
-    .venv/bin/python benchmarks/tracking_server.py [--repeats 3] [--prepared-dir DIR]
+    .venv/bin/python benchmarks/tracking_server.py [--clients 1 32 128] [--repeats 2] [--prepared-dir DIR]
 
-1. Logging throughput and latency, PostgreSQL + S3 against SQLite. Two `hpcsweep server`s (2
-   workers each) run side by side: one on PostgreSQL + SeaweedFS, assembled exactly as the
-   tests' `shared_server` fixture does, one on a SQLite file with a local artifact folder. For
-   1, 8 and 32 concurrent clients, tests/helpers/logging_load.py runs as a subprocess against each (a
-   fresh experiment each time, `--no-retries` so that a failed call is counted, not hidden by
-   MLflow's retries): every client creates a run, logs its params, then one log_batch per epoch.
-   Reported per cell, as the median of `--repeats` loads: metric points/s (points accepted /
-   the load's wall time, which includes forking the clients and creating their runs), p50 and
-   p99 latency of an epoch's log_batch call over all clients (the params call, each client's
-   first, is left out), and the failed calls. The repeats alternate the backends, so that a
-   change in the machine's load falls on both.
+1. Logging throughput and latency, per artifact path. PostgreSQL + SeaweedFS, assembled exactly
+   as the tests' `shared_server` fixture does, with two `hpcsweep server`s on them (`--workers`,
+   default 2) side by side: `proxied` (artifacts through the server, `--serve-artifacts`, the
+   default) and `direct` (`--no-serve-artifacts`: clients upload straight to S3 with their own
+   keys; left out, with a note, where the CLI lacks the flag); `--servers sqlite` adds one on a
+   SQLite file. For each count of concurrent clients (`--clients`, default 1, 32, 128),
+   tests/helpers/logging_load.py runs as a subprocess against each (a fresh experiment each time,
+   `--no-retries` so that a failed call is counted, not hidden by MLflow's retries): every client
+   creates a run, logs its params, one log_batch per epoch, one checkpoint-sized artifact
+   (`--artifact-bytes`, default 4 MiB) and ends its run. Reported per cell, as the median of
+   `--repeats` loads: requests/s (HTTP requests the clients sent the server / the load's wall
+   time, which includes forking the clients and creating their runs; direct S3 uploads are not
+   server requests), metric points/s (points accepted / wall time), the server's CPU use (user +
+   system time of its processes over the load, in cores kept busy) and both rates per core (per
+   second of the server's CPU time: what one fully busy core of a server node does, whatever
+   else shares this machine), p50 and p99 latency of an epoch's log_batch call over all clients
+   (the params call, each client's first, is left out), and the failed calls. One server runs
+   at a time (two would share PostgreSQL's 100 connections), through every client count; the
+   repeats alternate which server goes first, so that a change in the machine's load falls on all.
 2. The share of a training's time spent in logging: resnet20 trained in this process by
-   `hpcsweep.training.train.train(config)` against the PostgreSQL + S3 server, on the real CIFAR-10 (built
+   `hpcsweep.training.train.train(config)` against the proxied PostgreSQL + S3 server, on the real CIFAR-10 (built
    here from ../shared/data unless `--prepared-dir` is given), with the spool (as training always
    runs against a server) and with it switched off (`hpcsweep.tracking.store.spooled_writes` replaced by
    a null context, so every write goes over HTTP while training waits), `--train-repeats` times
@@ -67,8 +75,14 @@ from helpers.services import (  # noqa: E402
     server_environment,
 )
 
-CLIENT_COUNTS = (1, 8, 32)
-BACKENDS = ("postgresql+s3", "sqlite")
+CLIENT_COUNTS = (1, 32, 128)
+# the servers part 1 can load: PostgreSQL + SeaweedFS with artifacts through the server or straight
+# to S3, and the SQLite server issue 5 compared it with
+SERVERS = {
+    "proxied": "PostgreSQL + S3, artifacts through the server",
+    "direct": "PostgreSQL + S3, artifacts straight to S3",
+    "sqlite": "SQLite + a folder, artifacts through the server",
+}
 TRAIN_OVERRIDES = ["limit_train_samples=5000", "max_epochs=3", "warmup_epochs=0", "accelerator=cpu"]
 
 
@@ -81,44 +95,79 @@ def clean_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
 
-def postgres_s3_server(stack: contextlib.ExitStack, folder: Path) -> HpcsweepServer:
-    """PostgreSQL + SeaweedFS + `hpcsweep server`, as the tests' shared_server fixture builds them."""
+def has_no_serve_artifacts() -> bool:
+    """Whether this checkout's `hpcsweep server` can hand out S3 URIs (--no-serve-artifacts)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcsweep", "server", "--help"],
+        capture_output=True,
+        text=True,
+        env={**clean_environment(), "PYTHONPATH": str(ROOT / "src")},
+    )
+    return "--no-serve-artifacts" in done.stdout
+
+
+def running_alone(servers: dict[str, HpcsweepServer], name: str) -> HpcsweepServer:
+    """Start server `name` (if it is not running), after stopping the others: two servers on one
+    PostgreSQL could together open more connections than its max_connections (100)."""
+    for other, server in servers.items():
+        if other != name:
+            server.stop()
+    if servers[name].process is None:
+        servers[name].start()
+    return servers[name]
+
+
+def postgres_s3_servers(
+    stack: contextlib.ExitStack, folder: Path, names: list[str], workers: int
+) -> tuple[dict[str, HpcsweepServer], dict[str, str]]:
+    """PostgreSQL + SeaweedFS, as the tests' shared_server fixture builds them, and on them one
+    `hpcsweep server` (not started yet) per artifact path in `names` (proxied, direct); and the
+    S3 environment a client needs to upload straight to S3."""
     endpoint = stack.enter_context(
         seaweedfs(folder / "s3", S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"], ARTIFACT_BUCKET)
     )
     s3 = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
-    database_uri = stack.enter_context(postgres(folder / "postgres"))
-    server_folder = folder / "server-postgres"
-    server_folder.mkdir(parents=True)
-    shutil.copy2(ROOT / "params.yaml", server_folder / "params.yaml")
-    database, environment = server_environment(s3, database_uri)
-    server = HpcsweepServer(
-        server_folder,
-        ["--backend-store-uri", database, "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"],
-        environment,
-    )
-    server.start()
-    stack.callback(server.stop)
-    return server
+    database, environment = server_environment(s3, stack.enter_context(postgres(folder / "postgres")))
+    servers = {}
+    for name in names:
+        server_folder = folder / f"server-{name}"
+        server_folder.mkdir(parents=True)
+        shutil.copy2(ROOT / "params.yaml", server_folder / "params.yaml")
+        arguments = ["--backend-store-uri", database, "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"]
+        if name == "direct":
+            arguments.append("--no-serve-artifacts")
+        # HpcsweepServer passes --workers 2 first: the last one given wins
+        servers[name] = HpcsweepServer(server_folder, [*arguments, "--workers", str(workers)], environment)
+        stack.callback(servers[name].stop)
+    return servers, s3
 
 
-def sqlite_server(stack: contextlib.ExitStack, folder: Path) -> HpcsweepServer:
+def sqlite_server(stack: contextlib.ExitStack, folder: Path, workers: int) -> HpcsweepServer:
     server_folder = folder / "server-sqlite"
     server_folder.mkdir(parents=True)
     shutil.copy2(ROOT / "params.yaml", server_folder / "params.yaml")
-    server = HpcsweepServer(
-        server_folder,
-        [
-            "--backend-store-uri",
-            f"sqlite:///{server_folder / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(server_folder / "artifacts"),
-        ],
-        {**clean_environment(), "PYTHONPATH": str(ROOT / "src")},
-    )
-    server.start()
+    arguments = [
+        "--backend-store-uri",
+        f"sqlite:///{server_folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(server_folder / "artifacts"),
+        "--workers",
+        str(workers),
+    ]
+    server = HpcsweepServer(server_folder, arguments, {**clean_environment(), "PYTHONPATH": str(ROOT / "src")})
     stack.callback(server.stop)
     return server
+
+
+def cpu_seconds(session: int) -> float:
+    """User + system CPU time of every live process in `session` (a server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            if int(fields[3]) == session:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +183,8 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> dict:
-    """One run of tests/helpers/logging_load.py; its figures."""
+def one_load(server: HpcsweepServer, folder: Path, clients: int, args: argparse.Namespace, s3: dict) -> dict:
+    """One run of tests/helpers/logging_load.py against `server`; its figures."""
     experiment = f"bench-{clients}-{uuid.uuid4().hex[:8]}"
     scratch = folder / experiment
     scratch.mkdir(parents=True)
@@ -143,40 +192,32 @@ def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> 
     command = [
         sys.executable,
         str(ROOT / "tests" / "helpers" / "logging_load.py"),
-        uri,
-        "--clients",
-        str(clients),
-        "--epochs",
-        str(args.epochs),
-        "--metrics",
-        str(args.metrics),
-        "--params",
-        str(args.params),
-        "--artifact-bytes",
-        str(args.artifact_bytes),
-        "--experiment",
-        experiment,
-        "--scratch",
-        str(scratch),
-        "--out",
-        str(out),
-        "--no-retries",
+        server.uri,
+        *("--clients", str(clients), "--epochs", str(args.epochs), "--metrics", str(args.metrics)),
+        *("--params", str(args.params), "--artifact-bytes", str(args.artifact_bytes)),
+        *("--experiment", experiment, "--scratch", str(scratch), "--out", str(out), "--no-retries"),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=clean_environment())
+    server_cpu_before = cpu_seconds(server.process.pid)  # the server runs in a session of its own
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env={**clean_environment(), **s3})
+    server_cpu_s = cpu_seconds(server.process.pid) - server_cpu_before
     if done.returncode != 0:
-        raise RuntimeError(f"logging_load.py failed against {uri}: {done.stderr[-3000:]}")
+        raise RuntimeError(f"logging_load.py failed against {server.uri}: {done.stderr[-3000:]}")
     result = json.loads(out.read_text())
-    epoch_latencies, failed, aborted, accepted_calls = [], 0, 0, 0
+    epoch_latencies, failed, aborted, accepted_calls, requests = [], 0, 0, 0, 0
     for outcome in result["clients"]:
         epoch_errors = sum(1 for error in outcome["errors"] if error.startswith("epoch "))
         epoch_latencies += outcome["latencies_s"][1:]  # [0] is the params call
         accepted_calls += len(outcome["latencies_s"][1:]) - epoch_errors
         failed += len(outcome["errors"])
         aborted += "traceback" in outcome  # create_run, params, artifact or set_terminated failed
+        requests += outcome["requests"]
     shutil.rmtree(scratch, ignore_errors=True)
+    wall_s = result["wall_s"]
     return {
-        "wall_s": result["wall_s"],
-        "points_per_s": accepted_calls * args.metrics / result["wall_s"],
+        "wall_s": wall_s,
+        "requests_per_s": requests / wall_s,
+        "points_per_s": accepted_calls * args.metrics / wall_s,
+        "server_cores": server_cpu_s / wall_s,  # how many cores the server kept busy on average
         "p50_ms": 1000 * percentile(epoch_latencies, 0.5) if epoch_latencies else float("nan"),
         "p99_ms": 1000 * percentile(epoch_latencies, 0.99) if epoch_latencies else float("nan"),
         "failed": failed,
@@ -185,16 +226,18 @@ def one_load(uri: str, folder: Path, clients: int, args: argparse.Namespace) -> 
     }
 
 
-def measure_logging(servers: dict[str, HpcsweepServer], folder: Path, args: argparse.Namespace) -> dict:
+def measure_logging(servers: dict[str, HpcsweepServer], folder: Path, args: argparse.Namespace, s3: dict) -> dict:
     cells: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
     for repeat in range(args.repeats):
-        for clients in args.clients:
-            for backend, server in servers.items():
-                figures = one_load(server.uri, folder, clients, args)
-                cells[backend, clients].append(figures)
+        for name in args.servers if repeat % 2 == 0 else reversed(args.servers):  # alternate who goes first
+            server = running_alone(servers, name)
+            for clients in args.clients:
+                figures = one_load(server, folder, clients, args, s3)
+                cells[name, clients].append(figures)
                 print(
-                    f"  repeat {repeat + 1}/{args.repeats} {backend:<14} {clients:>3} clients: "
-                    f"{figures['points_per_s']:>8,.0f} points/s in {figures['wall_s']:5.1f} s, log_batch "
+                    f"  repeat {repeat + 1}/{args.repeats} {name:<8} {clients:>3} clients: "
+                    f"{figures['requests_per_s']:6,.0f} requests/s {figures['points_per_s']:7,.0f} points/s "
+                    f"in {figures['wall_s']:5.1f} s (server {figures['server_cores']:.2f} cores), log_batch "
                     f"p50 {figures['p50_ms']:6.1f} ms p99 {figures['p99_ms']:7.1f} ms, "
                     f"{figures['failed']} failed{' ' + repr(figures['first_errors']) if figures['failed'] else ''}"
                     f"   (load {os.getloadavg()[0]:.1f})",
@@ -205,20 +248,33 @@ def measure_logging(servers: dict[str, HpcsweepServer], folder: Path, args: argp
 
 def report_logging(cells: dict, args: argparse.Namespace) -> None:
     print(
-        f"\nLogging throughput and latency, medians of {args.repeats} loads ({args.epochs} epochs x "
-        f"{args.metrics} metrics, {args.params} params, artifact {args.artifact_bytes} bytes per client):"
+        f"\nLogging throughput, medians of {args.repeats} loads ({args.epochs} epochs x {args.metrics} metrics, "
+        f"{args.params} params, one artifact of {args.artifact_bytes:,} bytes per client; every server "
+        f"{args.workers} workers on this {os.cpu_count()}-core machine, which it shares with the clients and "
+        "its database and S3). Per core = per second of the server's own CPU time (its processes' user + "
+        "system time over the load), what one fully busy core of a server node would do:"
     )
-    print("| backend | clients | metric points/s | log_batch p50 | log_batch p99 | failed calls (each load) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| server | clients | requests/s | metric points/s | server cores busy | requests/s per core | "
+        "points/s per core | log_batch p50 | log_batch p99 | failed calls (each load) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for clients in args.clients:
-        for backend in BACKENDS:
-            runs = cells[backend, clients]
+        for name in args.servers:
+            runs = cells[name, clients]
+
+            def median(key: str, runs=runs) -> float:
+                return statistics.median(run[key] for run in runs)
+
+            def per_core(key: str, runs=runs) -> float:
+                return statistics.median(run[key] / max(run["server_cores"], 1e-9) for run in runs)
+
             failed = ", ".join(str(run["failed"]) for run in runs)
             aborted = sum(run["aborted"] for run in runs)
             print(
-                f"| {backend} | {clients} | {statistics.median(r['points_per_s'] for r in runs):,.0f} | "
-                f"{statistics.median(r['p50_ms'] for r in runs):.1f} ms | "
-                f"{statistics.median(r['p99_ms'] for r in runs):.1f} ms | {failed}"
+                f"| {SERVERS[name]} | {clients} | {median('requests_per_s'):,.0f} | {median('points_per_s'):,.0f} | "
+                f"{median('server_cores'):.2f} | {per_core('requests_per_s'):,.0f} | {per_core('points_per_s'):,.0f} | "
+                f"{median('p50_ms'):.1f} ms | {median('p99_ms'):.1f} ms | {failed}"
                 f"{f' ({aborted} clients aborted)' if aborted else ''} |"
             )
 
@@ -424,12 +480,22 @@ def cpu_model() -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="loads per cell of part 1 (median reported)")
-    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENT_COUNTS))
+    parser.add_argument("--repeats", type=int, default=2, help="loads per cell of part 1 (median reported)")
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENT_COUNTS), help="concurrent clients")
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(SERVERS),
+        default=["proxied", "direct"],
+        help="servers part 1 loads: " + "; ".join(f"{name}: {what}" for name, what in SERVERS.items()),
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of every server")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--metrics", type=int, default=6)
     parser.add_argument("--params", type=int, default=5)
-    parser.add_argument("--artifact-bytes", type=int, default=1024)
+    parser.add_argument(
+        "--artifact-bytes", type=int, default=4 << 20, help="each client's one artifact (default: a checkpoint's 4 MiB)"
+    )
     parser.add_argument(
         "--prepared-dir",
         type=Path,
@@ -450,6 +516,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-training", action="store_true", help="only part 1")
     args = parser.parse_args()
     args.train_overrides = args.train_overrides or TRAIN_OVERRIDES
+    args.servers = list(dict.fromkeys(args.servers)) if not args.skip_logging else []
+    if "direct" in args.servers and not has_no_serve_artifacts():
+        print("`hpcsweep server` has no --no-serve-artifacts in this checkout: the direct-to-S3 server is left out")
+        args.servers.remove("direct")
     return args
 
 
@@ -479,19 +549,18 @@ def main() -> None:
         if not args.skip_training:
             prepared = args.prepared_dir or prepare_data(folder)
             print(f"data: {prepared}")
-        servers = {"postgresql+s3": postgres_s3_server(stack, folder)}
+        # part 2 trains against the server as it runs today: proxied artifacts
+        postgres_names = [name for name in args.servers if name != "sqlite"]
+        if not args.skip_training and "proxied" not in postgres_names:
+            postgres_names.append("proxied")
+        servers, s3 = postgres_s3_servers(stack, folder, postgres_names, args.workers) if postgres_names else ({}, {})
+        if "sqlite" in args.servers:
+            servers["sqlite"] = sqlite_server(stack, folder, args.workers)
+        print(f"services up after {time.perf_counter() - started:.0f} s", flush=True)
         if not args.skip_logging:
-            servers["sqlite"] = sqlite_server(stack, folder)
-        print(
-            f"servers up after {time.perf_counter() - started:.0f} s: "
-            + ", ".join(f"{name} {server.uri}" for name, server in servers.items()),
-            flush=True,
-        )
-        if not args.skip_logging:
-            cells = measure_logging(servers, folder, args)
-            servers["sqlite"].stop()  # idle, but its workers need not share the CPUs with training
+            cells = measure_logging(servers, folder, args, s3)
         if not args.skip_training:
-            runs = measure_training(servers["postgresql+s3"].uri, prepared, folder, args)
+            runs = measure_training(running_alone(servers, "proxied").uri, prepared, folder, args)
         if not args.skip_logging:
             report_logging(cells, args)
         if not args.skip_training:

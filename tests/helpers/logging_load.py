@@ -8,7 +8,10 @@ once (32 fresh interpreters importing MLflow would cost more than the load itsel
 
 Each client opens a run, logs its params, then one log_metrics call per epoch (a training's
 pattern) and finally uploads an artifact of known bytes; every call is timed. The JSON result
-holds per client its run id, errors and call latencies, and the wall time of the whole load.
+holds per client its run id, errors, call latencies and the number of HTTP requests it sent the
+tracking server, and the wall time of the whole load. Against `hpcsweep server
+--no-serve-artifacts` the artifact goes straight to S3 (the clients need AWS_* keys and
+MLFLOW_S3_ENDPOINT_URL in their environment), and those uploads are not counted as requests.
 """
 
 from __future__ import annotations
@@ -33,11 +36,26 @@ def metric_value(client: int, epoch: int, metric: int) -> float:
     return client + epoch / 100 + metric / 10000
 
 
+def count_requests(outcome: dict) -> None:
+    """Count in `outcome["requests"]` every HTTP request this process sends through `requests`:
+    MLflow's REST calls and uploads through the server use it, boto3's S3 uploads do not."""
+    import requests
+
+    send = requests.Session.send
+
+    def counted(session, request, **kwargs):
+        outcome["requests"] += 1
+        return send(session, request, **kwargs)
+
+    requests.Session.send = counted
+
+
 def one_client(args: argparse.Namespace, client: int, experiment_id: str, results) -> None:
     import mlflow
 
     mlflow_client = mlflow.MlflowClient(args.uri)
-    outcome = {"client": client, "run_id": None, "errors": [], "latencies_s": []}
+    outcome = {"client": client, "run_id": None, "errors": [], "latencies_s": [], "requests": 0}
+    count_requests(outcome)
     try:
         run = mlflow_client.create_run(experiment_id, run_name=f"client-{client}")
         run_id = outcome["run_id"] = run.info.run_id
