@@ -5,7 +5,7 @@ Run by hand from the project root, as root (it starts the dev cluster), on an id
     .venv/bin/python benchmarks/scale.py [--points 1000] [--max-parallel 8] [--repeats 3]
 
 1. PostgreSQL + SeaweedFS + `hpcsweep server` (2 workers), as the tests' `shared_server` builds
-   them (tracking_server.py's `postgres_s3_server`), and the two-node dev cluster with a real
+   them (tracking_server.py's `postgres_s3_servers`), and the two-node dev cluster with a real
    site's MaxArraySize (1001: `HPCSWEEP_SLURM_MAX_ARRAY_SIZE`; the tests keep 4, which cuts grids
    into many arrays on purpose). up.sh restarts a cluster that runs with another setting.
 2. A temp project with the tests' synthetic data prepared, and a grid of `--points` points
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' services, synthetic data a
 
 from helpers import simulated_point  # noqa: E402
 from helpers.synthetic import VAL_SIZE, write_archive  # noqa: E402
-from tracking_server import clean_environment, postgres_s3_server  # noqa: E402  (beside this file)
+from tracking_server import clean_environment, postgres_s3_servers  # noqa: E402  (beside this file)
 
 LRS = [0.0125, 0.025, 0.05, 0.1, 0.2]
 OPTIMIZERS = ["sgd", "adam"]
@@ -140,7 +140,9 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         folder = Path(temporary)
-        server = postgres_s3_server(stack, folder)
+        servers, _ = postgres_s3_servers(stack, folder, ["proxied"], workers=2)
+        server = servers["proxied"]
+        server.start()
         environment = {**clean_environment(), **start_cluster(), "MLFLOW_TRACKING_URI": server.uri}
         project = folder / "project"
         project.mkdir()

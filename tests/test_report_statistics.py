@@ -268,3 +268,24 @@ def test_a_tied_configuration_is_recommended_over_the_best_only_for_a_real_savin
     records = [*two_seeds("a", (0.40, 0.30), 10.0), *two_seeds("b", (0.30, 0.20), cheaper_seconds)]
     advice = sentence(analyse(records, "hand-made", "test", None), "Recommendation:")
     assert advice.startswith(f"Recommendation: {recommended} "), advice
+
+
+def test_a_study_of_many_configurations_plots_the_curves_of_the_most_accurate_only():
+    """A legend cannot name hundreds of lines (a 1000-point study has over 300 configurations):
+    the curve plots keep the MAX_CURVES most accurate at their last epoch, and say so."""
+    import pandas as pd
+
+    from hpcsweep.report.plots import MAX_CURVES, accuracy_curves, most_accurate_curves
+
+    finals = {f"lr={index}": 0.5 + ((index * 7) % 20) / 100 for index in range(20)}  # 20 distinct finals
+    curves = pd.DataFrame(
+        [
+            {"configuration": label, "epoch": epoch, "wall_time_s": epoch + 1.0, "val_acc": final * (epoch + 1) / 3}
+            for label, final in finals.items()
+            for epoch in range(3)
+        ]
+    )
+    kept = most_accurate_curves(curves)
+    assert set(kept["configuration"]) == set(sorted(finals, key=finals.get)[-MAX_CURVES:])
+    assert len(kept) == 3 * MAX_CURVES
+    assert accuracy_curves(curves).title.endswith(f": the {MAX_CURVES} most accurate of 20 configurations")

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 WIDE = (10, 5)
 PAIR = (12, 4.5)
+MAX_CURVES = 12  # lines a curve plot draws: the most accurate configurations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +47,20 @@ def legend_outside(axes, title: str | None = None) -> None:
     axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title=title, title_fontsize=8, frameon=False)
 
 
+def most_accurate_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """The curves of the MAX_CURVES configurations with the highest final val/acc, in their order:
+    a legend cannot name hundreds of lines, and drawing them took most of a large study's report."""
+    final = curves.groupby("configuration", sort=False)["val_acc"].last()
+    return curves[curves["configuration"].isin(final.nlargest(MAX_CURVES).index)]
+
+
 def per_configuration(curves: pd.DataFrame, name: str, title: str, y: str, ylabel: str, x: str, xlabel: str) -> Plot:
     if curves.empty:
         return Plot(name, title, skipped="no configuration finished")
+    count = curves["configuration"].nunique()
+    if count > MAX_CURVES:
+        curves = most_accurate_curves(curves)
+        title = f"{title}: the {MAX_CURVES} most accurate of {count} configurations"
     figure = Figure(figsize=WIDE)
     axes = figure.add_subplot()
     for index, (label, curve) in enumerate(curves.groupby("configuration", sort=False)):

@@ -1,9 +1,10 @@
 """The runs of a study read back from MLflow, as the records every other part of the report works on.
 
 Everything the report says comes from MLflow runs: params (the config keys, as logged), statuses,
-tags and metrics. This module is the one place that talks to the tracking server for it: it finds
-an experiment's or a grid's runs, keeps the newest run of each configuration hash, and turns each
-into a `RunRecord` whose params are spelled one way, whose histories are per epoch and which knows
+tags and metrics. This module and `histories` (which reads the metric histories of many runs at
+once) are the one place that talks to the tracking server for it: it finds an experiment's or a
+grid's runs, keeps the newest run of each configuration hash, and turns each into a `RunRecord`
+whose params are spelled one way, whose histories are per epoch and which knows
 the tags the report reads (tuned keys, the epoch early stopping pruned it at, the device type). A
 `Configuration` groups the records of one set-up, seeds and failed attempts together.
 """
@@ -18,6 +19,7 @@ import mlflow
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
 from hpcsweep.grid import runs as grid_runs
+from hpcsweep.report.histories import Histories, epoch_histories
 from hpcsweep.tracking.credentials import redact
 
 # A configuration is what a run computes apart from its seed: the config keys, as `logged_params`
@@ -130,24 +132,19 @@ def normalised(value: str) -> str:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def epoch_series(measurements) -> list[float]:
-    by_step: dict[int, float] = {}
-    for measurement in sorted(measurements, key=lambda m: (m.step, m.timestamp)):
-        by_step[measurement.step] = measurement.value  # a resumed epoch logged twice: the last one counts
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def record_of(client: mlflow.MlflowClient, run) -> RunRecord:
+def trained(run) -> bool:
+    """Whether the report reads its histories: finished runs enter means and curves, pruned ones
+    only the device-hours saved."""
     status = grid_runs.status_name(run)
+    return status == FINISHED or (status == KILLED and PRUNED_TAG in run.data.tags)
+
+
+def record_of(run, histories: Histories) -> RunRecord:
+    """`run` as a record; `histories` holds the per-epoch histories of every `trained` run."""
     tags = {key: value for key, value in run.data.tags.items() if key in TAGS}
-    pruned = status == KILLED and PRUNED_TAG in tags
-    history = (
-        {name: epoch_series(client.get_metric_history(run.info.run_id, name)) for name in HISTORIES}
-        if status == FINISHED or pruned
-        else {}
-    )  # finished runs enter means and curves; pruned ones only the device-hours saved
+    history = histories[run.info.run_id] if trained(run) else {}
     params = {key: normalised(value) for key, value in run.data.params.items() if key in CONFIG_KEYS}
-    return RunRecord(run.info.run_id, status, params, dict(run.data.metrics), history, tags)
+    return RunRecord(run.info.run_id, grid_runs.status_name(run), params, dict(run.data.metrics), history, tags)
 
 
 def role(run) -> str | None:
@@ -188,4 +185,6 @@ def fetch_records(
         raise UserError("report: give exactly one of --experiment NAME or --grid NAME")
     runs, launch = runs_of_grid(client, grid) if grid else runs_of_experiment(client, experiment)
     # a run with no params (created, then lost before anything was logged) has no configuration
-    return [record_of(client, run) for run in grid_runs.latest_by_hash(runs).values() if run.data.params], launch
+    newest = [run for run in grid_runs.latest_by_hash(runs).values() if run.data.params]
+    histories = epoch_histories(client, [run.info.run_id for run in newest if trained(run)], HISTORIES)
+    return [record_of(run, histories) for run in newest], launch
