@@ -156,6 +156,18 @@ def report(config, experiment: str | None, grid_name: str | None, out: Path, tar
 @click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on [tracking.port].")
 @click.option("--workers", type=click.IntRange(min=1), help="Server worker processes [tracking.workers].")
 @click.option(
+    "--db-connections",
+    type=click.IntRange(min=1),
+    help="Connections to the database over all workers [tracking.db_connections]; "
+    "several servers on one database share its limit.",
+)
+@click.option(
+    "--serve-artifacts/--no-serve-artifacts",
+    default=None,
+    help="Clients upload artifacts through the server, or straight to the destination with their own "
+    "AWS_* keys and MLFLOW_S3_ENDPOINT_URL [tracking.serve_artifacts].",
+)
+@click.option(
     "--allowed-hosts", help="Host headers to accept, e.g. the node's name (default: localhost and private IPs)."
 )
 @click.option("--auth", is_flag=True, help="MLflow basic auth: the admin password from MLFLOW_AUTH_ADMIN_PASSWORD.")
@@ -174,6 +186,8 @@ def server(
     host,
     port,
     workers,
+    db_connections,
+    serve_artifacts,
     allowed_hosts,
     auth,
     insecure,
@@ -196,11 +210,12 @@ def server(
             port=port or tracking.port,
             workers=workers or tracking.workers,
             auth=auth,
-            db_connections=tracking.db_connections,
+            db_connections=db_connections or tracking.db_connections,
             allowed_hosts=allowed_hosts,
             insecure=insecure,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            serve_artifacts=tracking.serve_artifacts if serve_artifacts is None else serve_artifacts,
         )
     )
 

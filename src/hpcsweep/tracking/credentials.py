@@ -148,3 +148,21 @@ def redact_values(data):
     if isinstance(data, list | tuple):
         return [redact_values(value) for value in data]
     return redact_text(data) if isinstance(data, str) else data
+
+
+def s3_keys_problem(artifact_uri: str) -> str | None:
+    """Why a run whose artifacts go straight to S3 (a `--no-serve-artifacts` server) could not
+    upload them from here; None where it can, or where they go through the server. Said when the
+    run opens: otherwise the training runs to its end and its checkpoints never leave the spool."""
+    if not artifact_uri.startswith("s3://"):
+        return None
+    import boto3
+
+    if boto3.Session().get_credentials() is not None:
+        return None
+    return (
+        f"this run's artifacts go straight to {artifact_uri.split('/', 3)[2]!r} on S3 (the tracking server "
+        f"runs --no-serve-artifacts), and this job has no S3 keys: set AWS_ACCESS_KEY_ID and "
+        f"AWS_SECRET_ACCESS_KEY (environment or tracking.secrets_file), and MLFLOW_S3_ENDPOINT_URL for an "
+        f"on-prem S3"
+    )

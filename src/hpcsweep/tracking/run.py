@@ -36,8 +36,8 @@ from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
-from hpcsweep.tracking.client import tracking_uri
-from hpcsweep.tracking.credentials import redact_values
+from hpcsweep.tracking.client import SPOOL_PREFIX, tracking_uri
+from hpcsweep.tracking.credentials import redact_values, s3_keys_problem
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.run_folder import RunFolder
@@ -121,6 +121,11 @@ class TrackedRun:
         else:
             experiment = experiment_id(mlflow.MlflowClient(), self.config.tracking.experiment)
             run = mlflow.start_run(experiment_id=experiment, log_system_metrics=False)
+        problem = s3_keys_problem(run.info.artifact_uri.removeprefix(SPOOL_PREFIX))  # the spool renames it
+        if problem:
+            mlflow.set_tag(FAILURE_REASON, problem)
+            mlflow.end_run("FAILED")
+            raise UserError(problem)
         # written straight to the server, not spooled: it must answer while a run opens anyway
         ensure_experiment_kind(mlflow.MlflowClient(), run.info.experiment_id)
         log_missing_params(run.info.run_id, self.params)

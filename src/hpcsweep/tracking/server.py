@@ -4,7 +4,12 @@ Hundreds of jobs log to it at once, which SQLite cannot take. Everything that co
 fail later is checked first, each as one line naming the setting: the port is free, the
 database answers with these credentials, the bucket exists and these keys may use it, and
 `--auth` has an admin password. Then this process becomes `mlflow server --serve-artifacts`
-(clients upload artifacts through it and never need S3 keys themselves).
+(clients upload artifacts through it and never need S3 keys themselves), or with
+`--no-serve-artifacts` (`tracking.serve_artifacts: false`) `mlflow server --no-serve-artifacts
+--default-artifact-root DESTINATION`: runs get s3:// artifact URIs and jobs upload straight to S3
+with their own AWS_* keys and MLFLOW_S3_ENDPOINT_URL, so the server never carries checkpoint bytes.
+Several such processes may share one database (slurm/tracking-server.sbatch on several nodes):
+`db_connections` is each process's share, and the first start creates the schema under a lock.
 
 Credentials come from the environment or `tracking.secrets_file` (PGPASSWORD, AWS_*,
 MLFLOW_S3_ENDPOINT_URL, MLFLOW_AUTH_ADMIN_PASSWORD), never from the command line: every user of
@@ -25,6 +30,7 @@ import shlex
 import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,6 +39,7 @@ from hpcsweep.telemetry import DEFAULTS as TELEMETRY_DEFAULTS
 from hpcsweep.tracking.credentials import redact, redact_text
 
 CONNECT_TIMEOUT_S = 5
+SCHEMA_LOCK = 7_302_115  # the PostgreSQL advisory lock every hpcsweep server takes to create MLflow's tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,7 @@ class ServerOptions:
     insecure: bool = False  # beyond loopback without --auth, because the user said so
     tls_cert: str | None = None
     tls_key: str | None = None
+    serve_artifacts: bool = True  # False: clients get s3:// URIs and upload with their own keys
 
 
 def is_loopback(host: str) -> bool:
@@ -116,6 +124,37 @@ def check_backend_store(uri: str) -> None:
         engine.dispose()
 
 
+def prepare_schema(options: ServerOptions) -> None:
+    """Create (or check) MLflow's tables once, holding a PostgreSQL lock: several servers started
+    at once on a new database (the sbatch script on several nodes) would each create them, and all
+    but one die on a duplicate table. Under the lock the first creates them and the others find
+    them; `mlflow server` then only checks."""
+    import sqlalchemy
+    from mlflow.utils.server_cli_utils import resolve_default_artifact_root
+
+    with warnings.catch_warnings():  # Starlette's deprecation of a module MLflow's server imports
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mlflow.server.handlers import initialize_backend_stores
+
+    uri = options.backend_store_uri
+    root = resolve_default_artifact_root(options.serve_artifacts, default_artifact_root(options), uri)
+    engine = sqlalchemy.create_engine(uri, connect_args=connect_args(uri))
+    try:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+            initialize_backend_stores(uri, uri, root)
+            if options.auth:
+                from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+                SqlAlchemyStore().init_db(uri)
+    except Exception as error:  # any: MLflow's own texts (an out-of-date schema says what to run)
+        reason = redact_text(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        raise UserError(f"--backend-store-uri {redact(uri)}: MLflow cannot use this database: {reason}") from None
+    finally:
+        engine.dispose()
+
+
 def connect_args(uri: str) -> dict:
     return {"connect_timeout": CONNECT_TIMEOUT_S} if uri.startswith("postgresql") else {}
 
@@ -160,6 +199,17 @@ def check_artifacts_destination(destination: str) -> None:
                 f"({code})"
             ) from None
         raise UserError(f"{where}: S3 answered {code}: {redact_text(str(error))}") from None
+
+
+def check_pool_share(options: ServerOptions) -> None:
+    """Each worker needs two connections; fewer in all than that (a share of several servers') is exceeded."""
+    if options.db_connections < 2 * options.workers:
+        print(
+            f"warning: --db-connections {options.db_connections} is under 2 per worker for {options.workers} "
+            f"workers: this server may open {2 * options.workers}; give it more or run fewer workers",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def database_pool(options: ServerOptions) -> dict[str, str]:
@@ -215,13 +265,23 @@ def auth_environment(options: ServerOptions, folder: Path) -> dict[str, str]:
     }
 
 
+def default_artifact_root(options: ServerOptions) -> str | None:
+    """Where new experiments keep artifacts: the destination itself when clients write there
+    (direct), else MLflow's own choice (mlflow-artifacts:/, served from the destination)."""
+    return None if options.serve_artifacts else options.artifacts_destination
+
+
+def artifact_arguments(options: ServerOptions) -> list[str]:
+    if options.serve_artifacts:
+        return ["--serve-artifacts", "--artifacts-destination", options.artifacts_destination]
+    return ["--no-serve-artifacts", "--default-artifact-root", options.artifacts_destination]
+
+
 def mlflow_command(options: ServerOptions) -> list[str]:
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        options.artifacts_destination,
+        *artifact_arguments(options),
         "--host",
         options.host,
         "--port",
@@ -250,12 +310,15 @@ def serve(options: ServerOptions) -> None:
     check_port_free(options.host, options.port)
     check_backend_store(options.backend_store_uri)
     check_artifacts_destination(options.artifacts_destination)
+    check_pool_share(options)
     environment = server_environment(options)
     if options.auth:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
+    prepare_schema(options)
     print(
         f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
-        f"{redact(options.artifacts_destination)}{', basic auth' if options.auth else ''}"
+        f"{redact(options.artifacts_destination)}{'' if options.serve_artifacts else ' (clients write it directly)'}"
+        f"{', basic auth' if options.auth else ''}"
         f"{', TLS' if options.tls_cert else ''}",
         flush=True,
     )
