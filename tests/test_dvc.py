@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,22 +47,60 @@ def edit_params(repo: Path, section: str, **values) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def new_repo(folder: Path, archive: Path) -> Path:
+    """The project's pipeline files in a fresh git repository, shrunk to `archive` and a 1-epoch training."""
+    copy_project_sources(folder, "dvc.yaml", "params.yaml", "src", ".dvcignore")
+    edit_params(folder, "data", archive=str(archive), val_size=VAL_SIZE)
+    edit_params(folder, "train", **TINY_TRAINING)
+    edit_params(folder, "tracking", log_model=False)  # seconds per training; the make-run test logs them
+    run(["git", "init", "-q"], folder)
+    run(["dvc", "init", "-q"], folder)
+    copy_project_sources(folder, ".dvc/plots")  # the project's plot templates, beside the config dvc init wrote
+    commit_everything(folder, "pipeline")
+    return folder
+
+
+def commit_everything(folder: Path, message: str) -> None:
+    run(["git", "add", "-A"], folder)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], folder)
+
+
 @pytest.fixture
 def repo(tmp_path, synthetic_archive) -> Path:
-    copy_project_sources(tmp_path, "dvc.yaml", "params.yaml", "src", ".dvcignore")
-    edit_params(tmp_path, "data", archive=str(synthetic_archive), val_size=VAL_SIZE)
-    edit_params(tmp_path, "train", **TINY_TRAINING)
-    edit_params(tmp_path, "tracking", log_model=False)  # seconds per training; the make-run test logs them
-    run(["git", "init", "-q"], tmp_path)
-    run(["dvc", "init", "-q"], tmp_path)
-    copy_project_sources(tmp_path, ".dvc/plots")  # the project's plot templates, beside the config dvc init wrote
-    run(["git", "add", "-A"], tmp_path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], tmp_path)
-    return tmp_path
+    return new_repo(tmp_path, synthetic_archive)
 
 
-def test_repro_runs_every_stage_once_and_a_second_repro_does_nothing(repo):
-    first = run(["dvc", "repro", "train"], repo)  # study and report: the last test below
+@pytest.fixture(scope="module")
+def first_repro(tmp_path_factory, synthetic_archive) -> tuple[Path, str]:
+    """A fresh repository after its first `dvc repro train`, and what that command printed: built once
+    for the tests that start from a reproduced pipeline, which work on copies of it."""
+    folder = new_repo(tmp_path_factory.mktemp("reproduced"), synthetic_archive)
+    return folder, run(["dvc", "repro", "train"], folder)
+
+
+@pytest.fixture
+def reproduced(first_repro, tmp_path) -> Path:
+    """A copy of `first_repro`'s repository: download, prepare and train done, nothing changed since."""
+    return shutil.copytree(first_repro[0], tmp_path / "repo", symlinks=True)
+
+
+@pytest.fixture(scope="module")
+def data_committed(tmp_path_factory, synthetic_archive) -> Path:
+    """A repository whose download and prepare outputs are in its DVC cache, with dvc.lock committed."""
+    folder = new_repo(tmp_path_factory.mktemp("data-committed"), synthetic_archive)
+    run(["dvc", "repro", "prepare"], folder)
+    commit_everything(folder, "the prepared data")
+    return folder
+
+
+@pytest.fixture
+def prepared_repo(data_committed, tmp_path) -> Path:
+    """A copy of `data_committed`'s repository: only the train stage is left to run."""
+    return shutil.copytree(data_committed, tmp_path / "repo", symlinks=True)
+
+
+def test_repro_runs_every_stage_once_and_a_second_repro_does_nothing(first_repro, reproduced):
+    repo, first = reproduced, first_repro[1]  # `dvc repro train`; study and report: the make-run test below
     for stage in ("download", "prepare", "train"):
         assert f"Running stage '{stage}'" in first, stage
     assert (repo / "data/prepared/train.pt").is_file()
@@ -73,16 +112,16 @@ def test_repro_runs_every_stage_once_and_a_second_repro_does_nothing(repo):
     assert "Data and pipelines are up to date" in run(["dvc", "status", "train"], repo)
 
 
-def test_a_train_param_change_reruns_only_train(repo):
-    run(["dvc", "repro", "train"], repo)
+def test_a_train_param_change_reruns_only_train(reproduced):
+    repo = reproduced
     edit_params(repo, "train", lr=0.05)
     out = run(["dvc", "repro", "train"], repo)
     assert "Running stage 'train'" in out
     assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
 
 
-def test_editing_the_prepare_source_or_val_size_reruns_prepare_but_not_download(repo):
-    run(["dvc", "repro", "prepare"], repo)
+def test_editing_the_prepare_source_or_val_size_reruns_prepare_but_not_download(prepared_repo):
+    repo = prepared_repo
     with open(repo / "src/hpcsweep/data/prepare.py", "a") as source:
         source.write("\n# touched\n")
     out = run(["dvc", "repro", "prepare"], repo)
@@ -93,8 +132,8 @@ def test_editing_the_prepare_source_or_val_size_reruns_prepare_but_not_download(
     assert json.loads((repo / "data/prepared/stats.json").read_text())["validation"]["size"] == 20
 
 
-def test_editing_the_report_code_leaves_training_up_to_date_and_training_code_does_not(repo):
-    run(["dvc", "repro", "train"], repo)
+def test_editing_the_report_code_leaves_training_up_to_date_and_training_code_does_not(reproduced):
+    repo = reproduced
     with open(repo / "src/hpcsweep/report/build.py", "a") as source:
         source.write("\n# touched\n")
     assert "Data and pipelines are up to date" in run(["dvc", "status", "train"], repo)
@@ -153,10 +192,11 @@ def test_make_run_trains_the_study_grid_and_reports_it_and_leaves_the_pipeline_u
 
 
 @pytest.mark.parametrize("where", ["--temp", "--queue"])
-def test_an_experiment_in_a_temporary_copy_with_set_params_logs_into_the_projects_store(repo, where):
+def test_an_experiment_in_a_temporary_copy_with_set_params_logs_into_the_projects_store(prepared_repo, where):
     """`dvc exp run --temp -S` (or `--queue`, then `--run-all`) rewrites params.yaml without the quotes of
     `time: "10:00:00"` (a base-60 integer to YAML 1.1) and trains in a copy under .dvc/tmp/exps that is
-    deleted afterwards."""
+    deleted afterwards. The data stages are in the cache already: the experiment runs only `train`."""
+    repo = prepared_repo
     edit_params(repo, "slurm", time="10:00:00")
     run(["git", "commit", "-qam", "a ten-hour limit"], repo)
     run(["dvc", "exp", "run", where, "train", "-S", "train.optimizer=adam", "--name", "adam"], repo)

@@ -36,6 +36,7 @@ def test_a_short_run_on_real_images_learns_well_above_chance(real_project, monke
             "lr=0.1",
             "accelerator=cpu",
             "tracking.experiment=realdata",
+            "tracking.log_model=false",  # 10-20 s of torch.export this test does not look at
         ],
     )
     result = train(config)
