@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,40 +42,11 @@ from hpcsweep.report.records import ACCURACY, HISTORIES, fetch_records
 from hpcsweep.tracking.tags import logged_params
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real services
 
-from helpers.services import (  # noqa: E402
-    ARTIFACT_BUCKET,
-    S3_KEYS,
-    HpcsweepServer,
-    postgres,
-    seaweedfs,
-    server_environment,
-)
+from tracking_server import clean_environment, postgres_s3_servers, run_reporting_skips  # noqa: E402  (beside this file)
 
 GRID = "report-scale"
 SEEDS = 3
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without MLflow settings that would change what is measured."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-
-
-def shared_server(stack: contextlib.ExitStack, folder: Path) -> HpcsweepServer:
-    """PostgreSQL + SeaweedFS + `hpcsweep server`, started as tests/conftest.py's `shared_server`."""
-    endpoint = stack.enter_context(
-        seaweedfs(folder / "s3", S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"], ARTIFACT_BUCKET)
-    )
-    s3 = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
-    database, environment = server_environment(s3, stack.enter_context(postgres(folder / "postgres")))
-    (folder / "server").mkdir()
-    shutil.copy2(ROOT / "params.yaml", folder / "server" / "params.yaml")
-    arguments = ["--backend-store-uri", database, "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"]
-    server = HpcsweepServer(folder / "server", arguments, environment)
-    server.start()
-    stack.callback(server.stop)
-    return server
 
 
 def point_config(base: Config, index: int) -> Config:
@@ -178,7 +148,9 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, mlflow {mlflow.__version__}, load average {os.getloadavg()[0]:.2f}")
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hpcsweep-report-scale-")))
-        server = shared_server(stack, folder)
+        servers, _ = postgres_s3_servers(stack, folder, ["proxied"], workers=2)
+        server = servers["proxied"]
+        server.start()
         client = mlflow.MlflowClient(server.uri)
         seconds = fill(client, args.runs, args.epochs, args.threads)
         print(f"filled {args.runs} runs x {args.epochs} epochs in {seconds:.1f} s ({args.threads} threads)")
@@ -194,9 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as error:  # a service that cannot start raises pytest's Skipped (tests/helpers/services.py)
-        if type(error).__name__ == "Skipped":
-            sys.exit(f"a service did not start: {error}")
-        raise
+    run_reporting_skips(main)

@@ -568,10 +568,16 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
-if __name__ == "__main__":
+def run_reporting_skips(main) -> None:
+    """Run a benchmark's main; a service that cannot start (the tests' helpers raise pytest's
+    Skipped) ends it with one line instead of a traceback."""
     try:
         main()
-    except BaseException as error:  # a service that cannot start raises pytest's Skipped (tests/helpers/services.py)
+    except BaseException as error:
         if type(error).__name__ == "Skipped":
             sys.exit(f"a service did not start: {error}")
         raise
+
+
+if __name__ == "__main__":
+    run_reporting_skips(main)
