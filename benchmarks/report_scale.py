@@ -37,7 +37,7 @@ from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hpcsweep.config import OPTIMIZERS, Config, load_config
-from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid import run_reading
 from hpcsweep.report.records import ACCURACY, HISTORIES, fetch_records
 from hpcsweep.tracking.tags import logged_params
 
@@ -82,7 +82,7 @@ def fill(client: mlflow.MlflowClient, runs: int, epochs: int, threads: int) -> f
     """The grid's launch run and `runs` FINISHED point runs under it; returns the seconds it took."""
     started = time.perf_counter()
     experiment = client.create_experiment(f"{GRID}-{os.getpid()}")
-    launch = client.create_run(experiment, tags={"grid": GRID, grid_runs.ROLE: "launch"}).info.run_id
+    launch = client.create_run(experiment, tags={"grid": GRID, run_reading.ROLE: "launch"}).info.run_id
     base = load_config(ROOT / "params.yaml")
 
     def one(index: int) -> None:
@@ -90,7 +90,7 @@ def fill(client: mlflow.MlflowClient, runs: int, epochs: int, threads: int) -> f
         label = f"optimizer={config.train.optimizer}, lr={config.train.lr}, seed={config.train.seed}"
         tags = {
             "grid": GRID,
-            grid_runs.ROLE: "point",
+            run_reading.ROLE: "point",
             "config_hash": config.hash,
             MLFLOW_PARENT_RUN_ID: launch,
             MLFLOW_RUN_NAME: label.replace(", ", " "),

@@ -62,7 +62,7 @@ def test_the_launch_check_names_an_unreachable_store_without_its_password(uri):
 def test_status_and_report_messages_name_the_server_without_its_password(client):
     unknown = f"none-{uuid.uuid4().hex[:8]}"
     messages = [
-        error_of(lambda: status_rows(client, unknown)),
+        error_of(lambda: status_rows(client.tracking_uri, unknown)),
         error_of(lambda: fetch_records(client, unknown, None)),
         error_of(lambda: fetch_records(client, None, unknown)),
     ]

@@ -23,7 +23,7 @@ from helpers.report_records import record
 from helpers.runs import environment, grid_command, write_grid
 from helpers.synthetic import VAL_SIZE
 from hpcsweep.errors import UserError
-from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid import run_reading
 from hpcsweep.report import plots as report_plots
 from hpcsweep.report.build import REPORT_MARKER, analyse, build_report, check_out_dir, write_files
 from hpcsweep.report.frames import scaling_frame
@@ -386,7 +386,11 @@ def test_only_the_newest_run_of_each_config_hash_counts():
             self.data = type("Data", (), {"tags": {"config_hash": config_hash} if config_hash else {}})()
 
     newest_first = [Run("new", "h1"), Run("other", "h2"), Run("old", "h1"), Run("untagged", None)]
-    assert [run.info.run_id for run in grid_runs.latest_by_hash(newest_first).values()] == ["new", "other", "untagged"]
+    assert [run.info.run_id for run in run_reading.latest_by_hash(newest_first).values()] == [
+        "new",
+        "other",
+        "untagged",
+    ]
 
 
 def test_the_sentences_name_the_winners_and_recommend_the_cheapest_near_the_best():

@@ -113,7 +113,7 @@ def test_status_shows_slurms_verdict_beside_mlflows_from_the_jobcomp_log_alone(t
     monkeypatch.setenv("HPCSWEEP_SLURM_JOBCOMP", str(FIXTURES / "jobcomp.txt"))
     monkeypatch.setenv("PATH", str(tmp_path))
 
-    rows = status_rows(client, "states")
+    rows = status_rows(client.tracking_uri, "states")
     assert [(row.point, row.run_status, row.slurm_state) for row in rows] == [
         ("lr=0.1", "FINISHED", "COMPLETED"),
         ("lr=0.2", "KILLED", "TIMEOUT"),

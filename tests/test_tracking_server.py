@@ -24,6 +24,8 @@ import pytest
 from helpers.project import ROOT
 from helpers.runs import QUICK, environment, hpcsweep, overrides
 from helpers.services import ARTIFACT_BUCKET, HpcsweepServer, free_port, server_environment
+from hpcsweep.errors import UserError
+from hpcsweep.grid.run_reading import grid_point_runs
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -230,8 +232,12 @@ def test_auth_refuses_anonymous_and_read_only_writes_and_keeps_the_password_out_
         assert reader.get_experiment(experiment_id).name == "shared-study"
         with pytest.raises(MlflowException, match="error code 403|PERMISSION_DENIED"):
             reader.create_run(experiment_id)
+        assert grid_point_runs(server.uri, "no-such-grid") == []  # status logs in as MLflow's client does
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             monkeypatch.delenv(name)
+        with pytest.raises(UserError, match="answered 401 to experiments/search"):
+            grid_point_runs(server.uri, "no-such-grid")
+        assert grid_point_runs(server.uri.replace("://", f"://reader:{reader_password}@"), "no-such-grid") == []
 
         project = prepared.parent.parent
         secrets_file = project / "secrets"
@@ -442,6 +448,8 @@ def test_given_a_certificate_and_key_the_server_speaks_only_https(tmp_path, monk
         assert f"export MLFLOW_TRACKING_URI={server.uri}" in (tmp_path / "server" / "server.log").read_text()
         with pytest.raises(OSError):  # plain HTTP gets no answer
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        assert grid_point_runs(server.uri, "no-such-grid") == []  # status trusts the certificate MLflow's client does
     finally:
         server.stop()
 

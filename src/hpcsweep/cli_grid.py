@@ -88,9 +88,9 @@ def grid(
 def print_cost(points) -> None:
     """The grid's estimated device-hours, from earlier runs on the store its points log to."""
     from hpcsweep.grid.cost import grid_cost
-    from hpcsweep.tracking.client import absolute_uri, tracking_uri
+    from hpcsweep.tracking.client import store_uri
 
-    for line in grid_cost([point.config for point in points], absolute_uri(tracking_uri(points[0].config))):
+    for line in grid_cost([point.config for point in points], store_uri(points[0].config)):
         click.echo(line)
 
 
@@ -103,9 +103,9 @@ def status(config, gridname: str) -> None:
     One row per point of grid GRIDNAME: MLflow status, SLURM state, last val/acc, and the log of a
     task that did not finish."""
     from hpcsweep.grid.status import status_rows, summary
-    from hpcsweep.tracking.client import tracking_client
+    from hpcsweep.tracking.client import store_uri
 
-    rows = status_rows(tracking_client(config), gridname)
+    rows = status_rows(store_uri(config), gridname)
     click.echo(f"{'run':<10} {'slurm':<14} {'val/acc':>7}  {'run id':<32}  point")
     for row in rows:
         click.echo(row.line())
@@ -123,10 +123,10 @@ def cancel(config, gridname: str, yes: bool) -> None:
     it will mark KILLED, and asks first, unless --yes."""
     from hpcsweep.grid.status import cancel as cancel_runs
     from hpcsweep.grid.status import planned_cancellation
-    from hpcsweep.tracking.client import tracking_client
+    from hpcsweep.tracking.client import store_uri
 
-    client = tracking_client(config)
-    cancellation = planned_cancellation(client, gridname)
+    uri = store_uri(config)
+    cancellation = planned_cancellation(uri, gridname)
     if not cancellation.runs:
         click.echo(f"{gridname}: nothing to cancel, no run is scheduled or running")
         return
@@ -134,7 +134,7 @@ def cancel(config, gridname: str, yes: bool) -> None:
     if not yes and not confirmed("Cancel them?"):
         click.echo("nothing cancelled")
         raise click.exceptions.Exit(1)
-    cancel_runs(client, cancellation)
+    cancel_runs(uri, cancellation)
     click.echo(f"{gridname}: cancelled; {len(cancellation.runs)} runs marked KILLED")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 
-from hpcsweep.grid import run_ids
+from hpcsweep.grid import run_ids, run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch
 from hpcsweep.tracking.credentials import redact_text
@@ -89,5 +89,5 @@ class MlflowBatchRuns:
     def mark_killed(self, task: int) -> None:
         run_id = run_ids.recorded(self.batch.points_file, task)
         client = self.runs.client
-        if run_id and grid_runs.is_active(client.get_run(run_id)):
+        if run_id and run_reading.is_active(client.get_run(run_id)):
             grid_runs.finish(client, run_id, "KILLED")

@@ -32,6 +32,7 @@ from hpcsweep.atomic import FILE_MODE, PRIVATE, atomic_file
 from hpcsweep.config import Config
 from hpcsweep.data.stats import check_val_size, read_stats
 from hpcsweep.errors import UserError
+from hpcsweep.grid import run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.child_runs import ChildRuns
 from hpcsweep.grid.executors.base import Batch, Executor
@@ -130,13 +131,15 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
     """All points, or (relaunch) those without a FINISHED or pruned run or a job still queued or running."""
     if options.rerun:
         return grid.points
-    latest = grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid.name))
-    jobs = [grid_runs.job_key(run) for run in latest.values() if grid_runs.is_active(run) and grid_runs.job_key(run)]
+    latest = run_reading.latest_by_hash(grid_runs.grid_runs(client, grid.name))
+    jobs = [
+        run_reading.job_key(run) for run in latest.values() if run_reading.is_active(run) and run_reading.job_key(run)
+    ]
     alive = options.executor.live_jobs(jobs)
 
     def settled(run) -> bool:
-        ended = run.info.status == "FINISHED" or grid_runs.is_pruned(run)
-        return ended or (grid_runs.is_active(run) and grid_runs.job_key(run) in alive)
+        ended = run.info.status == "FINISHED" or run_reading.is_pruned(run)
+        return ended or (run_reading.is_active(run) and run_reading.job_key(run) in alive)
 
     return [p for p in grid.points if not (p.config.hash in latest and settled(latest[p.config.hash]))]
 

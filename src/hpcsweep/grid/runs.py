@@ -23,21 +23,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import mlflow
-from mlflow.entities import Run, RunStatus, SourceType
+from mlflow.entities import Run, SourceType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hpcsweep.config import Config
+from hpcsweep.grid.run_reading import ROLE, SLURM_LOG, point_query
 from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.credentials import redact_text, redact_values
 from hpcsweep.tracking.tags import git_source_tags, logged_params
 from hpcsweep.tracking.ui_metadata import source_tags
-from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
+from hpcsweep.training.prune_settings import PruneSettings
 
-ROLE = "hpcsweep.role"
 TUNED = "hpcsweep.tuned"  # the config keys a grid tunes per configuration, joined by ","
-ACTIVE = ("SCHEDULED", "RUNNING")
 CLIENT_THREADS = 16  # concurrent requests to the server: enough to hide its latency, not to flood it
-SLURM_LOG = "slurm_log"  # the tag naming the file a point's array task logs to, for `status`
 
 
 def launch_source(grid_file: str, source_type: int) -> dict[str, str]:
@@ -115,22 +113,7 @@ def search_newest_first(client: mlflow.MlflowClient, experiment_ids: list[str], 
 def grid_runs(client: mlflow.MlflowClient, grid_name: str) -> list[Run]:
     """Every point run of the grid, in any experiment, newest first."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return search_newest_first(client, experiments, f"tags.grid = '{grid_name}' and tags.`{ROLE}` = 'point'")
-
-
-def latest_by_hash(runs: list[Run]) -> dict[str, Run]:
-    """The newest run of each config_hash (relaunches add runs); a run without one stands alone.
-    `runs` come newest first."""
-    latest = {}
-    for run in runs:
-        latest.setdefault(run.data.tags.get("config_hash") or run.info.run_id, run)
-    return latest
-
-
-def job_key(run: Run) -> str | None:
-    """The array task a run was submitted as, named as SLURM names it: ARRAYJOB_TASK."""
-    tags = run.data.tags
-    return f"{tags['slurm_job_id']}_{tags.get('slurm_array_task_id', '0')}" if "slurm_job_id" in tags else None
+    return search_newest_first(client, experiments, point_query(grid_name))
 
 
 def finish(client: mlflow.MlflowClient, run_id: str, status: str) -> None:
@@ -141,20 +124,6 @@ def finish_all(client: mlflow.MlflowClient, run_ids: list[str], status: str) -> 
     """`finish` each, from CLIENT_THREADS threads: a round trip each, minutes for 1000 in sequence."""
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:
         list(pool.map(lambda run_id: finish(client, run_id, status), run_ids))
-
-
-def is_active(run: Run) -> bool:
-    return run.info.status in ACTIVE
-
-
-def is_pruned(run: Run) -> bool:
-    """Stopped early on purpose (a grid's `prune:`): over, not to be run again."""
-    return status_name(run) == "KILLED" and PRUNED_AT_EPOCH in run.data.tags
-
-
-def status_name(run: Run) -> str:
-    status = run.info.status
-    return RunStatus.to_string(status) if isinstance(status, int) else status
 
 
 def points_data(

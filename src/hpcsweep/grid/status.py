@@ -13,14 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import mlflow
-from mlflow.entities import Run
-
 from hpcsweep.errors import UserError
-from hpcsweep.grid import runs as grid_runs
+from hpcsweep.grid import run_reading
 from hpcsweep.grid.executors import slurm, slurm_states
 from hpcsweep.tracking.credentials import redact
-from hpcsweep.tracking.tags import FAILURE_REASON
+from hpcsweep.tracking.tag_names import FAILURE_REASON
 from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH
 
 # SLURM's end states of a task that did not do its work, and MLflow's of a run that did not end well
@@ -46,33 +43,34 @@ class Row:
         return f"{row}\n{'':<10} log: {self.log}" if self.log else row
 
 
-def point_runs(client: mlflow.MlflowClient, grid_name: str) -> list:
-    runs = list(grid_runs.latest_by_hash(grid_runs.grid_runs(client, grid_name)).values())
+def point_runs(uri: str, grid_name: str) -> list:
+    """The newest run of each point of the grid, as MLflow `Run`s or REST `RunView`s (run_reading.py)."""
+    runs = list(run_reading.latest_by_hash(run_reading.grid_point_runs(uri, grid_name)).values())
     if not runs:
-        where = redact(client.tracking_uri)
+        where = redact(uri)
         raise UserError(f"no grid named {grid_name!r} in {where}: no runs carry tag grid={grid_name}")
     return runs
 
 
-def log_of_unfinished(run: Run, slurm_state: str) -> str | None:
-    unfinished = slurm_state in DID_NOT_FINISH or grid_runs.status_name(run) in DID_NOT_FINISH_RUN
-    return run.data.tags.get(grid_runs.SLURM_LOG) if unfinished and not grid_runs.is_pruned(run) else None
+def log_of_unfinished(run, slurm_state: str) -> str | None:
+    unfinished = slurm_state in DID_NOT_FINISH or run.info.status in DID_NOT_FINISH_RUN
+    return run.data.tags.get(run_reading.SLURM_LOG) if unfinished and not run_reading.is_pruned(run) else None
 
 
-def run_state(run: Run) -> tuple[str, str | None]:
+def run_state(run) -> tuple[str, str | None]:
     """The run's status as a row shows it, and why it ended so where that is known."""
-    if grid_runs.is_pruned(run):
+    if run_reading.is_pruned(run):
         return PRUNED, f"pruned at epoch {run.data.tags[PRUNED_AT_EPOCH]}"
-    return grid_runs.status_name(run), run.data.tags.get(FAILURE_REASON)
+    return run.info.status, run.data.tags.get(FAILURE_REASON)
 
 
-def status_rows(client: mlflow.MlflowClient, grid_name: str) -> list[Row]:
-    runs = point_runs(client, grid_name)
-    keys = [key for key in map(grid_runs.job_key, runs) if key]
+def status_rows(uri: str, grid_name: str) -> list[Row]:
+    runs = point_runs(uri, grid_name)
+    keys = [key for key in map(run_reading.job_key, runs) if key]
     states = slurm_states.job_states(keys) if keys else {}
     rows = []
     for run in runs:
-        state = states.get(grid_runs.job_key(run), "UNKNOWN") if grid_runs.job_key(run) else "-"
+        state = states.get(run_reading.job_key(run), "UNKNOWN") if run_reading.job_key(run) else "-"
         status, reason = run_state(run)
         point = run.data.tags.get("point", "?")
         accuracy = run.data.metrics.get("val/acc")
@@ -97,24 +95,28 @@ class Cancellation:
     """What `cancel` would stop: the grid's scheduled and running runs, and the job arrays they are in."""
 
     grid_name: str
-    runs: list[Run]
+    runs: list
 
     @property
     def job_arrays(self) -> list[str]:
         return sorted({run.data.tags["slurm_job_id"] for run in self.runs if "slurm_job_id" in run.data.tags})
 
     def description(self) -> str:
-        counts = Counter(grid_runs.status_name(run) for run in self.runs)
+        counts = Counter(run.info.status for run in self.runs)
         runs = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
         arrays = f"scancel job arrays {', '.join(self.job_arrays)}; " if self.job_arrays else ""
         return f"grid {self.grid_name}: {arrays}mark {len(self.runs)} runs KILLED ({runs})"
 
 
-def planned_cancellation(client: mlflow.MlflowClient, grid_name: str) -> Cancellation:
-    return Cancellation(grid_name, [run for run in point_runs(client, grid_name) if grid_runs.is_active(run)])
+def planned_cancellation(uri: str, grid_name: str) -> Cancellation:
+    return Cancellation(grid_name, [run for run in point_runs(uri, grid_name) if run_reading.is_active(run)])
 
 
-def cancel(client: mlflow.MlflowClient, cancellation: Cancellation) -> None:
-    """scancel the job arrays, then mark the runs KILLED."""
+def cancel(uri: str, cancellation: Cancellation) -> None:
+    """scancel the job arrays, then mark the runs KILLED (through mlflow: status never imports it)."""
+    import mlflow
+
+    from hpcsweep.grid.runs import finish_all
+
     slurm.cancel(cancellation.job_arrays)
-    grid_runs.finish_all(client, [run.info.run_id for run in cancellation.runs], "KILLED")
+    finish_all(mlflow.MlflowClient(uri), [run.info.run_id for run in cancellation.runs], "KILLED")

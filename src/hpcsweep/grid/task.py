@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hpcsweep.config import Config, config_from_dict
 from hpcsweep.errors import UserError
-from hpcsweep.grid import run_ids
+from hpcsweep.grid import run_ids, run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.slurm import this_task
 from hpcsweep.ranks import global_rank
@@ -63,5 +63,5 @@ def mark_failed_if_unfinished(config: Config, run_id: str | None) -> None:
     not stay SCHEDULED forever: the next launch resubmits FAILED points."""
     if run_id and global_rank() == 0:
         client = tracking_client(config)
-        if grid_runs.is_active(client.get_run(run_id)):
+        if run_reading.is_active(client.get_run(run_id)):
             grid_runs.finish(client, run_id, "FAILED")

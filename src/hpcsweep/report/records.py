@@ -18,6 +18,7 @@ import mlflow
 
 from hpcsweep.config import TrainConfig
 from hpcsweep.errors import UserError
+from hpcsweep.grid import run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.report.histories import Histories, epoch_histories
 from hpcsweep.tracking.credentials import redact
@@ -135,7 +136,7 @@ def normalised(value: str) -> str:
 def trained(run) -> bool:
     """Whether the report reads its histories: finished runs enter means and curves, pruned ones
     only the device-hours saved."""
-    status = grid_runs.status_name(run)
+    status = run.info.status
     return status == FINISHED or (status == KILLED and PRUNED_TAG in run.data.tags)
 
 
@@ -144,11 +145,11 @@ def record_of(run, histories: Histories) -> RunRecord:
     tags = {key: value for key, value in run.data.tags.items() if key in TAGS}
     history = histories[run.info.run_id] if trained(run) else {}
     params = {key: normalised(value) for key, value in run.data.params.items() if key in CONFIG_KEYS}
-    return RunRecord(run.info.run_id, grid_runs.status_name(run), params, dict(run.data.metrics), history, tags)
+    return RunRecord(run.info.run_id, run.info.status, params, dict(run.data.metrics), history, tags)
 
 
 def role(run) -> str | None:
-    return run.data.tags.get(grid_runs.ROLE)
+    return run.data.tags.get(run_reading.ROLE)
 
 
 def runs_of_experiment(client: mlflow.MlflowClient, name: str) -> tuple[list, str | None]:
@@ -172,7 +173,7 @@ def runs_of_grid(client: mlflow.MlflowClient, name: str) -> tuple[list, str | No
         raise UserError(f"no grid named {name!r} in {redact(client.tracking_uri)}: no runs carry tag grid={name}")
     experiments = sorted({run.info.experiment_id for run in runs})
     launches = grid_runs.search_newest_first(
-        client, experiments, f"tags.grid = '{name}' and tags.`{grid_runs.ROLE}` = 'launch'"
+        client, experiments, f"tags.grid = '{name}' and tags.`{run_reading.ROLE}` = 'launch'"
     )
     return runs, launches[0].info.run_id if launches else None
 
@@ -185,6 +186,6 @@ def fetch_records(
         raise UserError("report: give exactly one of --experiment NAME or --grid NAME")
     runs, launch = runs_of_grid(client, grid) if grid else runs_of_experiment(client, experiment)
     # a run with no params (created, then lost before anything was logged) has no configuration
-    newest = [run for run in grid_runs.latest_by_hash(runs).values() if run.data.params]
+    newest = [run for run in run_reading.latest_by_hash(runs).values() if run.data.params]
     histories = epoch_histories(client, [run.info.run_id for run in newest if trained(run)], HISTORIES)
     return [record_of(run, histories) for run in newest], launch

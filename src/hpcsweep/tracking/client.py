@@ -6,6 +6,8 @@ before it is handed to jobs, which run in other directories.
 While a training logs through its spool, MLflow's URI is the server's with `spool+` in front
 (store.py); processes it starts inherit that, and still mean the server itself. Only a server
 (http, https) can be away, so only its writes are spooled.
+mlflow is imported where a client is made, not with this module: `hpcsweep status` names its store
+here and never imports mlflow (4 s; grid/run_reading.py).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import os
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import mlflow
 
 from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.params_file import DEFAULT_URI, sqlite_beside
 from hpcsweep.tracking.credentials import redact, redact_text
+
+if TYPE_CHECKING:
+    import mlflow
 
 SPOOL_PREFIX = "spool+"
 HTTP_SCHEMES = ("http", "https")
@@ -51,8 +55,15 @@ def absolute_uri(uri: str) -> str:
     return sqlite_beside(uri, Path.cwd())
 
 
+def store_uri(config: Config) -> str:
+    """The configured store, as every process of a study names it."""
+    return absolute_uri(tracking_uri(config))
+
+
 def tracking_client(config: Config) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(absolute_uri(tracking_uri(config)))
+    import mlflow
+
+    return mlflow.MlflowClient(store_uri(config))
 
 
 def check_tracking_server(uri: str) -> None:
@@ -66,6 +77,8 @@ def check_tracking_server(uri: str) -> None:
                 f"tracking server {redact(uri)} does not answer ({redact_text(str(error))}); "
                 f"start it or set tracking.uri"
             ) from None
+    import mlflow
+
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # any store failure means jobs could not log

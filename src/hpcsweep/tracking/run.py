@@ -41,7 +41,8 @@ from hpcsweep.tracking.credentials import redact_values, s3_keys_problem
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.run_folder import RunFolder
-from hpcsweep.tracking.tags import FAILURE_REASON, logged_params, run_tags
+from hpcsweep.tracking.tag_names import FAILURE_REASON
+from hpcsweep.tracking.tags import logged_params, run_tags
 from hpcsweep.tracking.ui_metadata import (
     DATASET_CONTEXT,
     ensure_experiment_kind,

@@ -23,8 +23,6 @@ from hpcsweep.hardware.gpus import gpu_of_rank, trains_on_cuda, visible_gpus
 from hpcsweep.ranks import local_rank
 from hpcsweep.tracking.credentials import redact
 
-# why a run ended FAILED, where hpcsweep knows better than a traceback (shown by `hpcsweep status`)
-FAILURE_REASON = "hpcsweep.failure_reason"
 # the param that says which precision `precision: auto` (or an explicit one) trained in
 PRECISION_USED = "precision_used"
 # what a run trained on: "GPU" or "CPU", and the device's model as the system names it

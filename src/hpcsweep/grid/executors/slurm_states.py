@@ -17,6 +17,7 @@ from pathlib import Path
 # Slurm's out-of-memory "signal" (SIG_OOM, 253) as an exit code shows it: 0:125
 OUT_OF_MEMORY_SIGNAL = "125"
 SACCT_FIELDS = "JobID,State,DerivedExitCode"
+SCONTROL_CALLS = 8  # at most this many `scontrol show job ID` calls; more jobs are read in one
 
 
 def slurm_output(*command: str) -> str:
@@ -82,11 +83,21 @@ def parse_sacct(text: str) -> dict[str, str]:
     return states
 
 
+def scontrol_states(job_ids: list[str]) -> dict[str, str]:
+    """What scontrol remembers of the jobs (the same KEY=VALUE records as the jobcomp log; -d adds
+    DerivedExitCode): one call per job for a few, else one call for every job it remembers, since
+    a call takes ~10 ms and a 1000-point grid may be hundreds of arrays where MaxArraySize is small."""
+    if len(job_ids) > SCONTROL_CALLS:
+        return parse_jobcomp(slurm_output("scontrol", "-o", "-d", "show", "job"))
+    states = {}
+    for job in job_ids:
+        states.update(parse_jobcomp(slurm_output("scontrol", "-o", "-d", "show", "job", job)))
+    return states
+
+
 def finished_states(job_ids: list[str]) -> dict[str, str]:
     """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them."""
-    states = {}
-    for job in job_ids:  # the same KEY=VALUE records; -d adds DerivedExitCode
-        states.update(parse_jobcomp(slurm_output("scontrol", "-o", "-d", "show", "job", job)))
+    states = scontrol_states(job_ids)
     jobcomp = os.environ.get("HPCSWEEP_SLURM_JOBCOMP")
     if jobcomp and Path(jobcomp).is_file():
         states.update(parse_jobcomp(Path(jobcomp).read_text()))
