@@ -1,4 +1,5 @@
-"""How long `hpcsweep report` takes on a grid of 1000 finished runs of 30 epochs (issue 16: under 30 s).
+"""How long `hpcsweep report` and `status` take on a grid of 1000 finished runs of 30 epochs (issue 16:
+under 30 s and under 3 s).
 
 Run by hand from the project root, on an otherwise idle machine (it prints the load average):
 
@@ -14,8 +15,9 @@ Run by hand from the project root, on an otherwise idle machine (it prints the l
    log_batch, terminate), from `--threads` threads; the fill is timed too.
 3. `hpcsweep report --grid report-scale` end to end, as a user types it (the CLI in a subprocess:
    Python start, reading the runs and histories, analysis, plots, files, the upload onto the
-   launch run), the median of `--repeats`; then `fetch_records` alone in this process (reading
-   the runs and their histories), the median of `--repeats`.
+   launch run), the median of `--repeats`; then `hpcsweep status report-scale` the same way (its
+   runs carry no SLURM job, so it asks SLURM nothing); then `fetch_records` alone in this process
+   (reading the runs and their histories), the median of `--repeats`.
 """
 
 from __future__ import annotations
@@ -107,11 +109,11 @@ def fill(client: mlflow.MlflowClient, runs: int, epochs: int, threads: int) -> f
     return time.perf_counter() - started
 
 
-def time_cli(uri: str, folder: Path) -> float:
-    """One `hpcsweep report --grid` in a subprocess, as a user runs it; its wall seconds."""
+def time_cli(uri: str, arguments: list[str]) -> float:
+    """One `hpcsweep ARGUMENTS` in a subprocess, as a user runs it; its wall seconds."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "hpcsweep", "report", "--grid", GRID, "--out", str(folder / "report")],
+        [sys.executable, "-m", "hpcsweep", *arguments],
         cwd=ROOT,
         env={**clean_environment(), "MLFLOW_TRACKING_URI": uri},
         capture_output=True,
@@ -119,7 +121,7 @@ def time_cli(uri: str, folder: Path) -> float:
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"hpcsweep report failed: {done.stderr[-3000:]}")
+        raise RuntimeError(f"hpcsweep {arguments[0]} failed: {done.stderr[-3000:]}")
     return seconds
 
 
@@ -154,8 +156,10 @@ def main() -> None:
         client = mlflow.MlflowClient(server.uri)
         seconds = fill(client, args.runs, args.epochs, args.threads)
         print(f"filled {args.runs} runs x {args.epochs} epochs in {seconds:.1f} s ({args.threads} threads)")
+        report = str(folder / "report")
         for name, measure in (
-            ("hpcsweep report --grid (CLI)", lambda: time_cli(server.uri, folder)),
+            ("hpcsweep report --grid (CLI)", lambda: time_cli(server.uri, ["report", "--grid", GRID, "--out", report])),
+            ("hpcsweep status (CLI)", lambda: time_cli(server.uri, ["status", GRID])),
             ("fetch_records", lambda: time_fetch(client, args.runs, args.epochs)),
         ):
             times = [measure() for _ in range(args.repeats)]

@@ -43,15 +43,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs on two workers (pytest-xdist, `--dist loadgroup`): each module runs whole on
-    one worker, so its module and session fixtures are built once, and the modules that use the
-    development cluster share one worker, since one process at a time may start and use it. The
-    longest groups go first (helpers/scheduling.py)."""
-    on_cluster = {item.path for item in items if "slurm_cluster" in getattr(item, "fixturenames", ())}
-    groups = {item.nodeid: "slurm-cluster" if item.path in on_cluster else item.path.stem for item in items}
+    """`make test` runs on several workers (pytest-xdist, `--dist loadgroup`): each module runs whole on
+    one worker, so its module and session fixtures are built once, except its tests that use the
+    development cluster: every such test, of any module, runs on one worker, since one process at
+    a time may start and use the cluster (a module fixture that tests on both sides use would be
+    built twice). The longest groups go first (helpers/scheduling.py)."""
+    groups = {
+        item.nodeid: "slurm-cluster" if "slurm_cluster" in getattr(item, "fixturenames", ()) else item.path.stem
+        for item in items
+    }
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    longest_groups_first(items, lambda item: groups[item.nodeid], lambda item: item.path.stem)
+    longest_groups_first(items, lambda item: groups[item.nodeid], lambda item: item.nodeid)
 
 
 REPORTS: list[pytest.TestReport] = []

@@ -3,6 +3,7 @@ the run; on a developer's machine it skips. A skip counted as a pass in CI would
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,26 +40,17 @@ def test_groups_are_handed_out_longest_first_and_keep_their_own_order(tmp_path, 
     from helpers import scheduling
 
     durations = tmp_path / "durations.json"
-    durations.write_text('{"test_many": 10, "test_one_long": 300, "test_a": 50, "test_b": 60}')
+    seconds = {"m::1": 10, "m::2": 10, "m::3": 10, "long::1": 300, "a::1": 50, "a::2": 200, "b::1": 60}
+    durations.write_text(json.dumps(seconds))
     monkeypatch.setattr(scheduling, "DURATIONS", durations)
-    items = [
-        "test_many::1",
-        "test_many::2",
-        "test_many::3",
-        "test_a::1",
-        "test_one_long::1",
-        "test_b::1",
-        "test_new::1",
-    ]
-    group = {"test_a": "cluster", "test_b": "cluster"}  # two modules sharing one group weigh together
-    module = lambda item: item.split("::")[0]  # noqa: E731
-    scheduling.longest_groups_first(items, lambda item: group.get(module(item), module(item)), module)
-    assert items == [
-        "test_one_long::1",
-        "test_a::1",
-        "test_b::1",
-        "test_many::1",
-        "test_many::2",
-        "test_many::3",
-        "test_new::1",
-    ]
+    items = ["m::1", "m::2", "m::3", "a::1", "a::2", "long::1", "b::1", "new::1"]
+    group = {"a::2": "cluster", "b::1": "cluster"}  # tests of two modules sharing one group weigh together
+    scheduling.longest_groups_first(items, lambda item: group.get(item, item.split("::")[0]), lambda item: item)
+    assert items == ["long::1", "a::2", "b::1", "a::1", "m::1", "m::2", "m::3", "new::1"]
+
+
+def test_a_recorded_duration_is_keyed_as_collection_names_the_test():
+    from helpers.scheduling import test_id
+
+    assert test_id("tests/test_x.py::test_y[alice:***@db]@slurm-cluster") == "tests/test_x.py::test_y[alice:***@db]"
+    assert test_id("tests/test_x.py::test_y@test_x") == "tests/test_x.py::test_y"

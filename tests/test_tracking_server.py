@@ -290,56 +290,6 @@ def test_dvc_push_and_pull_round_trip_the_prepared_data_through_s3(prepared, s3_
     assert {path.name: path.read_bytes() for path in (repo / "data" / "prepared").iterdir()} == originals
 
 
-@pytest.mark.slurm
-def test_the_sbatch_script_runs_the_server_as_a_job_and_publishes_its_uri(
-    slurm_cluster, postgres_uri, s3_store, tmp_path, monkeypatch
-):
-    database, server_env = server_environment(s3_store, postgres_uri)
-    server_env |= {key: os.environ[key] for key in slurm_cluster} | {"HPCSWEEP_SERVER_PORT": str(free_port())}
-    server_env["PATH"] = f"{Path(sys.executable).parent}:{server_env['PATH']}"
-    server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "admin-" + uuid.uuid4().hex  # the script serves with --auth
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server_env["MLFLOW_AUTH_ADMIN_PASSWORD"])
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    submitted = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--cpus-per-task=1",
-            "--mem=1G",
-            "--time=00:10:00",
-            str(ROOT / "slurm" / "tracking-server.sbatch"),
-            "--backend-store-uri",
-            database,
-            "--artifacts-destination",
-            f"s3://{ARTIFACT_BUCKET}/artifacts",
-        ],
-        cwd=tmp_path,
-        env=server_env,
-        capture_output=True,
-        text=True,
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    job = submitted.stdout.strip().split(";")[0]
-    try:
-        deadline = time.monotonic() + 180
-        while not (tmp_path / "tracking-server.uri").exists():
-            assert time.monotonic() < deadline, "\n".join(p.read_text() for p in tmp_path.glob("tracking-server-*.log"))
-            time.sleep(1)
-        uri = (tmp_path / "tracking-server.uri").read_text().strip()
-        assert uri == f"http://{socket.gethostname()}:{server_env['HPCSWEEP_SERVER_PORT']}"
-        client = mlflow.MlflowClient(uri)  # by the node's name, as jobs on other nodes would
-        run = client.create_run(client.create_experiment(f"sbatch-{uuid.uuid4().hex[:8]}"))
-        client.log_metric(run.info.run_id, "x", 1.0)
-        assert client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
-        (log,) = tmp_path.glob("tracking-server-*.log")
-        assert f"export MLFLOW_TRACKING_URI={uri}" in log.read_text()
-        assert server_env["PGPASSWORD"] not in log.read_text()
-        assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] not in log.read_text()
-    finally:
-        subprocess.run(["scancel", job], env=server_env, check=False)
-
-
 def server_failure(*args: str, cwd: Path) -> str:
     """`hpcsweep server ARGS` must stop at start-up with one line; returns it."""
     done = subprocess.run(
