@@ -2,11 +2,15 @@
 
 What it reads must be what MLflow's own client reads: every point run of the grid exactly once,
 newest first, with the same status, tags, params and latest metrics, however the runs' start times
-lie (all in one millisecond, or one run a month after the rest), and none of another grid.
+lie (all in one millisecond, or one run a month after the rest), and none of another grid. It
+logs in and presents certificates from MLflow's client's variables (against a real server with a
+login and one with TLS: test_tracking_server.py's auth and https tests).
 """
 
 from __future__ import annotations
 
+import base64
+import ssl
 import subprocess
 import sys
 import uuid
@@ -15,9 +19,11 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
+from helpers.tls import self_signed_certificate
 from hpcsweep.errors import UserError
 from hpcsweep.grid import run_reading
 from hpcsweep.grid.run_reading import READ_SLICES, ROLE, grid_point_runs
+from hpcsweep.tracking import rest_reader
 
 pytestmark = pytest.mark.server
 
@@ -89,3 +95,27 @@ def test_status_of_a_server_never_imports_mlflow(tracking_server, grids):
 def test_a_server_that_does_not_answer_is_one_line_naming_it(tmp_path):
     with pytest.raises(UserError, match=r"^tracking server http://127\.0\.0\.1:9/ does not answer \(.*\)$"):
         grid_point_runs("http://127.0.0.1:9/", "any")
+
+
+def test_the_login_is_mlflows_token_else_its_user_and_password_else_the_uris(monkeypatch):
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    location, login = rest_reader.without_login("http://alice:p%40ss/w@db:5000/mlflow")
+    assert (location, login) == ("http://db:5000/mlflow", "alice:p@ss/w")
+    assert rest_reader.headers(login) == {"Authorization": "Basic " + base64.b64encode(b"alice:p@ss/w").decode()}
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    assert rest_reader.headers(login) == {"Authorization": "Basic " + base64.b64encode(b"bob:pw").decode()}
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    assert rest_reader.headers(login) == {"Authorization": "Bearer t0ken"}
+
+
+def test_a_client_certificate_is_presented_from_mlflows_variable(tmp_path, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path)
+    bundle = tmp_path / "client.pem"
+    bundle.write_text(cert.read_text() + key.read_text())
+    monkeypatch.setenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", str(bundle))
+    assert rest_reader.tls_context()  # the certificate and key load
+    monkeypatch.setenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", str(cert))  # no key in it
+    with pytest.raises(ssl.SSLError):
+        rest_reader.tls_context()

@@ -24,6 +24,7 @@ import pytest
 from helpers.project import ROOT
 from helpers.runs import QUICK, environment, hpcsweep, overrides
 from helpers.services import ARTIFACT_BUCKET, HpcsweepServer, free_port, server_environment
+from helpers.tls import self_signed_certificate
 from hpcsweep.errors import UserError
 from hpcsweep.grid.run_reading import grid_point_runs
 
@@ -370,17 +371,6 @@ def test_the_server_starts_no_mlflow_job_runner_beside_it(shared_server):
     assert not [line for line in lines if "huey" in line or "_job_runner" in line], lines
 
 
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "server.crt", folder / "server.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_given_a_certificate_and_key_the_server_speaks_only_https(tmp_path, monkeypatch):
     cert, key = self_signed_certificate(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the start-up probe (urllib) trusts it
@@ -400,6 +390,11 @@ def test_given_a_certificate_and_key_the_server_speaks_only_https(tmp_path, monk
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5)
         monkeypatch.delenv("SSL_CERT_FILE")
         assert grid_point_runs(server.uri, "no-such-grid") == []  # status trusts the certificate MLflow's client does
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        with pytest.raises(UserError, match="CERTIFICATE_VERIFY_FAILED"):
+            grid_point_runs(server.uri, "no-such-grid")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        assert grid_point_runs(server.uri, "no-such-grid") == []
     finally:
         server.stop()
 
