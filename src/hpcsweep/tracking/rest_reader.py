@@ -17,6 +17,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hpcsweep.errors import UserError
@@ -26,6 +27,7 @@ API = "/api/2.0/mlflow"
 PAGE = 50_000  # the most runs/search gives in one answer
 TIMEOUT_S = 60
 TRUE = ("true", "1", "yes")
+ORDERS = ("attributes.start_time ASC", "attributes.start_time DESC")  # the first run, the last
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,8 @@ def experiment_ids(uri: str) -> list[str]:
 def start_times(uri: str, experiments: list[str], query: str) -> tuple[int, int] | None:
     """The start times of the first and the last run that match `query`; None where none does."""
     body = {"experiment_ids": experiments, "filter": query, "max_results": 1}
-    ends = [
-        post(uri, "runs/search", {**body, "order_by": [f"attributes.start_time {order}"]}) for order in ("ASC", "DESC")
-    ]
+    with ThreadPoolExecutor(2) as pool:  # both at once
+        ends = list(pool.map(lambda order: post(uri, "runs/search", {**body, "order_by": [order]}), ORDERS))
     if not ends[0].get("runs"):
         return None
     first, last = (RunView.from_json(end["runs"][0]).info.start_time for end in ends)

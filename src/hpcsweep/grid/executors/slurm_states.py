@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Slurm's out-of-memory "signal" (SIG_OOM, 253) as an exit code shows it: 0:125
@@ -96,17 +97,28 @@ def scontrol_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def finished_states(job_ids: list[str]) -> dict[str, str]:
-    """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them."""
-    states = scontrol_states(job_ids)
+    """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them;
+    sacct's word over the file's over scontrol's. The two commands are asked at once."""
+    with ThreadPoolExecutor(2) as pool:
+        recent, accounted = pool.submit(scontrol_states, job_ids), pool.submit(sacct_states, job_ids)
+        return {**recent.result(), **jobcomp_states(), **accounted.result()}
+
+
+def jobcomp_states() -> dict[str, str]:
     jobcomp = os.environ.get("HPCSWEEP_SLURM_JOBCOMP")
-    if jobcomp and Path(jobcomp).is_file():
-        states.update(parse_jobcomp(Path(jobcomp).read_text()))
-    if job_ids:
-        states.update(parse_sacct(slurm_output("sacct", "-n", "-P", "-X", "-o", SACCT_FIELDS, "-j", ",".join(job_ids))))
-    return states
+    return parse_jobcomp(Path(jobcomp).read_text()) if jobcomp and Path(jobcomp).is_file() else {}
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    return parse_sacct(slurm_output("sacct", "-n", "-P", "-X", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)))
 
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's view of array tasks ("1234_5"): the queue for live jobs, the records for ended ones."""
+    """SLURM's view of array tasks ("1234_5"): the queue for live jobs, the records for ended ones,
+    asked at once (each a round trip to slurmctld or slurmdbd)."""
     arrays = sorted({job.split("_")[0] for job in job_ids})
-    return {**finished_states(arrays), **queued_states(arrays)}
+    with ThreadPoolExecutor(2) as pool:
+        finished, queued = pool.submit(finished_states, arrays), pool.submit(queued_states, arrays)
+        return {**finished.result(), **queued.result()}
