@@ -24,6 +24,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.grid import run_reading
 from hpcsweep.grid.run_reading import READ_SLICES, ROLE, grid_point_runs
 from hpcsweep.tracking import rest_reader
+from hpcsweep.tracking.credentials import without_login
 
 pytestmark = pytest.mark.server
 
@@ -100,7 +101,7 @@ def test_a_server_that_does_not_answer_is_one_line_naming_it(tmp_path):
 def test_the_login_is_mlflows_token_else_its_user_and_password_else_the_uris(monkeypatch):
     for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    location, login = rest_reader.without_login("http://alice:p%40ss/w@db:5000/mlflow")
+    location, login = without_login("http://alice:p%40ss/w@db:5000/mlflow")
     assert (location, login) == ("http://db:5000/mlflow", "alice:p@ss/w")
     assert rest_reader.headers(login) == {"Authorization": "Basic " + base64.b64encode(b"alice:p@ss/w").decode()}
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")

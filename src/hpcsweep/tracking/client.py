@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.params_file import DEFAULT_URI, sqlite_beside
-from hpcsweep.tracking.credentials import redact, redact_text
+from hpcsweep.tracking.credentials import redact, redact_text, without_login
 
 if TYPE_CHECKING:
     import mlflow
@@ -87,7 +87,5 @@ def check_tracking_server(uri: str) -> None:
 
 def health_url(uri: str) -> str:
     """The server's /health, which needs no login: urllib would take a user:password@ for part of the host."""
-    parts = urllib.parse.urlsplit(uri)
-    return urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", "")
-    )
+    parts = urllib.parse.urlsplit(without_login(uri)[0])
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))

@@ -104,6 +104,13 @@ def holds_secret(name: str, value: str) -> bool:
     return bool(SECRET_WORDS.intersection(name.upper().split("_"))) or redact_text(value) != value
 
 
+def without_login(uri: str) -> tuple[str, str | None]:
+    """The URI without a `user:password@`, and that login: MLflow's client (requests) sends it as basic auth."""
+    scheme, _, rest = uri.partition("://")
+    login, at, location = rest.rpartition("@")  # the last @, as redact() splits: a password may hold @ and /
+    return f"{scheme}://{location}", urllib.parse.unquote(login) if at else None
+
+
 def redact(uri: str) -> str:
     """The URI with its password, a token as user name, and secret query or fragment values as
     `***`: safe to print, log or store where others read it. Split by hand, not by `urlsplit`,

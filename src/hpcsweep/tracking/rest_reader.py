@@ -15,13 +15,12 @@ import json
 import os
 import ssl
 import urllib.error
-import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hpcsweep.errors import UserError
-from hpcsweep.tracking.credentials import redact, redact_text
+from hpcsweep.tracking.credentials import redact, redact_text, without_login
 
 API = "/api/2.0/mlflow"
 PAGE = 50_000  # the most runs/search gives in one answer
@@ -63,13 +62,6 @@ class RunView:
             RunInfo(info["run_id"], info["status"], int(info.get("start_time", 0))),
             RunData(entries("tags"), metrics, entries("params")),
         )
-
-
-def without_login(uri: str) -> tuple[str, str | None]:
-    """The URI without a `user:password@`, and that login: MLflow's client (requests) sends it as basic auth."""
-    scheme, _, rest = uri.partition("://")
-    login, at, location = rest.rpartition("@")  # the last @, as redact() splits: a password may hold @ and /
-    return f"{scheme}://{location}", urllib.parse.unquote(login) if at else None
 
 
 def headers(login: str | None) -> dict[str, str]:

@@ -96,14 +96,6 @@ def scontrol_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def finished_states(job_ids: list[str]) -> dict[str, str]:
-    """Final states from scontrol (recent jobs), the jobcomp file and sacct, where the site has them;
-    sacct's word over the file's over scontrol's. The two commands are asked at once."""
-    with ThreadPoolExecutor(2) as pool:
-        recent, accounted = pool.submit(scontrol_states, job_ids), pool.submit(sacct_states, job_ids)
-        return {**recent.result(), **jobcomp_states(), **accounted.result()}
-
-
 def jobcomp_states() -> dict[str, str]:
     jobcomp = os.environ.get("HPCSWEEP_SLURM_JOBCOMP")
     return parse_jobcomp(Path(jobcomp).read_text()) if jobcomp and Path(jobcomp).is_file() else {}
@@ -116,9 +108,13 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's view of array tasks ("1234_5"): the queue for live jobs, the records for ended ones,
-    asked at once (each a round trip to slurmctld or slurmdbd)."""
+    """SLURM's view of array tasks ("1234_5"): the queue for live jobs, the records for ended ones
+    (scontrol for recent jobs, the jobcomp file, sacct; sacct's word over the file's over
+    scontrol's), where the site has them. The three commands, each a round trip to slurmctld or
+    slurmdbd, are asked at once."""
     arrays = sorted({job.split("_")[0] for job in job_ids})
-    with ThreadPoolExecutor(2) as pool:
-        finished, queued = pool.submit(finished_states, arrays), pool.submit(queued_states, arrays)
-        return {**finished.result(), **queued.result()}
+    with ThreadPoolExecutor(3) as pool:
+        recent, accounted, queued = (
+            pool.submit(read, arrays) for read in (scontrol_states, sacct_states, queued_states)
+        )
+        return {**recent.result(), **jobcomp_states(), **accounted.result(), **queued.result()}
