@@ -6,11 +6,16 @@ import json
 import os
 import subprocess
 import time
+import uuid
 
+import mlflow
 import pytest
 import torch
 
 from helpers.project import require
+from helpers.runs import QUICK
+from hpcsweep.config import load_config
+from hpcsweep.errors import UserError
 from hpcsweep.tracking.run_folder import RunFolder
 from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 
@@ -69,3 +74,31 @@ def test_an_unreadable_run_state_is_a_warning_and_the_checkpoints_still_resume(t
     assert f"{tmp_path / 'run.json'} is unreadable" in caplog.text
     folder.write_state(run_id="def", finished=False)  # the next attempt records its run again
     assert json.loads((tmp_path / "run.json").read_text()) == {"run_id": "def", "finished": False}
+
+
+@pytest.mark.parametrize("fate", ["made in another store", "deleted"])
+def test_resuming_a_run_this_store_lacks_is_one_line_and_keeps_the_checkpoints(prepared, monkeypatch, fate):
+    """An interrupted training's folder names its run; trained again against a store that lacks that
+    run (the user switched MLFLOW_TRACKING_URI) or holds it deleted, it says so instead of a traceback."""
+    from hpcsweep.training.train import run_folder_for, train
+
+    project = prepared.parent.parent
+    monkeypatch.chdir(project)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = load_config("params.yaml", QUICK)
+    run_id = uuid.uuid4().hex
+    if fate == "deleted":
+        client = mlflow.MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment(f"gone-{run_id[:8]}")).info.run_id
+        client.delete_run(run_id)
+    folder = run_folder_for(config, None)
+    folder.path.mkdir(parents=True)
+    folder.write_state(run_id=run_id, finished=False)
+    save(folder.path / "last.ckpt", 3.0, time.time())
+    with pytest.raises(UserError) as refused:
+        train(config)
+    message = str(refused.value)
+    assert "\n" not in message and run_id in message and str(folder.path) in message, message
+    assert ("deleted" in message) == (fate == "deleted"), message
+    assert (folder.path / "last.ckpt").is_file()  # nothing lost: the right store can still resume it

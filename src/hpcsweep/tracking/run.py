@@ -29,7 +29,10 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.entities import LifecycleStage, Run
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from hpcsweep.config import Config
@@ -37,7 +40,7 @@ from hpcsweep.errors import UserError
 from hpcsweep.ranks import global_rank, local_rank
 from hpcsweep.tracking import store
 from hpcsweep.tracking.client import SPOOL_PREFIX, tracking_uri
-from hpcsweep.tracking.credentials import redact_values, s3_keys_problem
+from hpcsweep.tracking.credentials import redact, redact_values, s3_keys_problem
 from hpcsweep.tracking.experiments import experiment_id
 from hpcsweep.tracking.model_logging import log_best_model
 from hpcsweep.tracking.run_folder import RunFolder
@@ -118,7 +121,7 @@ class TrackedRun:
         """Open (or reopen) the run, log params, tags and the dataset, switch autologging on."""
         run_id = self.id or self.folder.resumable_run_id()
         if run_id:
-            run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+            run = reopened(run_id, self.server_uri, None if self.id else self.folder.path)
         else:
             experiment = experiment_id(mlflow.MlflowClient(), self.config.tracking.experiment)
             run = mlflow.start_run(experiment_id=experiment, log_system_metrics=False)
@@ -173,6 +176,27 @@ class TrackedRun:
             log_best_model(
                 self.server_uri, self.id, self.folder.best_checkpoint, self.network_from_checkpoint, self.final_step
             )
+
+
+def reopened(run_id: str, store_uri: str, folder: Path | None) -> Run:
+    """`mlflow.start_run(run_id)` for a run handed over by a launcher, or named by the `folder` of an
+    interrupted training; one line where the store lacks it or holds it deleted (a folder trained
+    again after MLFLOW_TRACKING_URI changed), not MLflow's traceback."""
+    try:
+        lifecycle = mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        lifecycle = None
+    if lifecycle in (None, LifecycleStage.DELETED):
+        held = "does not hold it (made against another store?)" if lifecycle is None else "holds it deleted"
+        if folder is None:
+            raise UserError(f"cannot log into run {run_id}: {redact(store_uri)} {held}")
+        raise UserError(
+            f"cannot resume run {run_id} of the unfinished training in {folder}: {redact(store_uri)} {held}; "
+            f"train against the store that holds it, or remove {folder} to train afresh"
+        )
+    return mlflow.start_run(run_id=run_id, log_system_metrics=False)
 
 
 def system_metrics_on(config: Config) -> bool:
