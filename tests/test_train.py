@@ -149,9 +149,24 @@ def test_a_bad_value_stops_before_any_run_or_checkpoint_exists(project, tracking
     assert not (project / "checkpoints").exists()
 
 
-def test_training_before_prepare_says_what_to_run(project, tracking_server, experiment):
-    done = hpcsweep(["train", *overrides(f"tracking.experiment={experiment}")], project, tracking_server)
-    assert done.returncode == 1 and "run `hpcsweep prepare` first" in done.stderr
+def test_training_before_prepare_says_what_to_run_before_importing_lightning_or_mlflow(
+    project, tracking_server, experiment
+):
+    """Importing them takes ~10 s: the checks that need neither answer first (training/preflight.py)."""
+    check = (
+        "import sys\n"
+        "from hpcsweep.cli import main\n"
+        "try:\n"
+        f"    main(['train', '-s', 'tracking.experiment={experiment}'], prog_name='hpcsweep')\n"
+        "except SystemExit as exit:\n"
+        "    assert not {'lightning', 'mlflow'} & set(sys.modules), 'imported before the checks'\n"
+        "    raise\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=project, env=environment(tracking_server), capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "run `hpcsweep prepare` first" in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1, done.stderr
     assert runs_of(tracking_server, experiment) == []
 
 

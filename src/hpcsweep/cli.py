@@ -81,6 +81,9 @@ def train(config, metrics_out: Path | None) -> None:
     import os
 
     from hpcsweep.ranks import global_rank
+    from hpcsweep.training.preflight import check_can_train
+
+    check_can_train(config)  # in seconds: before Lightning and MLflow are imported
     from hpcsweep.training.train import train as run_training
 
     # `mlflow run` creates the run and hands its id over in the environment

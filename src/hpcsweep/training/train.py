@@ -25,10 +25,7 @@ from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config, TrainConfig
 from hpcsweep.data.coverage import DataCoverage
 from hpcsweep.data.loader import CIFAR10DataModule
-from hpcsweep.data.prepared import check_prepared
-from hpcsweep.data.stats import check_val_size
-from hpcsweep.errors import UserError
-from hpcsweep.hardware.gpus import check_training_hardware, trains_on_cuda
+from hpcsweep.hardware.gpus import trains_on_cuda
 from hpcsweep.hardware.precision import precision_for
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
@@ -39,6 +36,7 @@ from hpcsweep.training.checkpoint_io import AtomicCheckpointIO, first_loadable
 from hpcsweep.training.efficiency import EfficiencyMetrics
 from hpcsweep.training.mixed_precision import precision_plugin
 from hpcsweep.training.module import ResNetModule
+from hpcsweep.training.preflight import check_can_train
 from hpcsweep.training.progress import progress_display
 from hpcsweep.training.prune_settings import PRUNED_AT_EPOCH, PruneSettings
 from hpcsweep.training.pruning import Pruning
@@ -117,15 +115,6 @@ def build_trainer(train: TrainConfig, folder: RunFolder, callbacks: list[L.Callb
     )
 
 
-def check_enough_data(config: Config, stats: dict) -> None:
-    available = min(stats["images"]["train"], config.train.limit_train_samples or stats["images"]["train"])
-    if available < config.train.batch_size:
-        raise UserError(
-            f"train.batch_size={config.train.batch_size} is larger than the {available} training "
-            f"images (limit_train_samples={config.train.limit_train_samples}): no step could be taken"
-        )
-
-
 # Lightning's info lines that are advertisements or narrate its internals at every start, with no
 # setting to turn them off: which devices exist (the run's params say which were used), the GPUs a
 # rank sees, and the data loader it loads to count steps; its other lines (why fit stopped) stay.
@@ -167,10 +156,7 @@ def train(config: Config, run_id: str | None = None, pruning: PruneSettings | No
     quiet_known_warnings()
     world_size = config.train.devices * config.train.num_nodes
     per_rank = per_rank_batch_size(config.train.batch_size, world_size)
-    stats = check_prepared(Path(config.data.prepared_dir))  # these checks: before any run exists
-    check_val_size(config.data.val_size, stats, Path(config.data.prepared_dir))
-    check_enough_data(config, stats)
-    check_training_hardware(config.train)  # a GPU this torch build cannot run fails here, not minutes in
+    check_can_train(config)  # before any run exists
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     folder = run_folder_for(config, run_id)
     resume = first_loadable(folder.resume_candidates())
