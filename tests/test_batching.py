@@ -96,9 +96,22 @@ def test_cpu_probe_picks_the_largest_micro_batch_within_the_budget():
     assert limited.step_memory_mb <= limited.budget_mb < unlimited.step_memory_mb
 
 
-def test_a_limit_below_micro_batch_one_is_a_clear_error():
+def test_a_limit_below_micro_batch_one_is_a_clear_error_found_without_trying_larger_ones():
+    builds = []
+
+    def counted():
+        builds.append(1)
+        return fresh()()
+
     with pytest.raises(UserError, match=r"memory_limit_mb=1: even micro_batch_size=1 needs \d+ MB"):
-        probe_micro_batch(fresh(), torch.device("cpu"), 8, "32-true", 1, 0.1)
+        probe_micro_batch(counted, torch.device("cpu"), 8, "32-true", 1, 0.1)
+    assert len(builds) == 1  # micro-batch 1 only: 8, 4 and 2 would need more still
+
+
+def test_a_budget_only_micro_batch_one_fits_probes_it_once_and_keeps_it():
+    one = probe_micro_batch(fresh(), torch.device("cpu"), 1, "32-true", None, 0.1).step_memory_mb
+    probe = probe_micro_batch(fresh(), torch.device("cpu"), 8, "32-true", round(one * 1.05 / 0.9), 0.1)
+    assert (probe.micro_batch_size, probe.step_memory_mb) == (1, pytest.approx(one, abs=0.1))
 
 
 @pytest.fixture

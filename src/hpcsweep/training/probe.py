@@ -119,7 +119,8 @@ def probe_micro_batch(
     memory_limit_mb: int | None,
     margin: float,
 ) -> Probe:
-    """The largest micro-batch whose real training step fits the budget, trying the largest first.
+    """The largest micro-batch whose real training step fits the budget, trying the largest first,
+    once the smallest was found to fit: where even it does not, no larger one is tried.
 
     `build` makes a fresh model and optimizer each time, so the probe never touches the weights
     that will be trained and every candidate starts from the same empty state.
@@ -127,25 +128,34 @@ def probe_micro_batch(
     started = time.perf_counter()
     budget = memory_budget_mb(device, memory_limit_mb, margin)
     measure = cuda_step_bytes if device.type == "cuda" else cpu_step_bytes
-    smallest_need = None
-    for size in candidates(per_rank):
-        model, optimizer = build()
-        images = torch.randn(size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-        labels = torch.randint(0, 10, (size,), device=device)
-        try:
-            need = measure(model, optimizer, images, labels, precision) / 2**20
-        except torch.OutOfMemoryError:
-            need = math.inf
-        finally:
-            del model, optimizer, images, labels
-            release_cached_memory(device)
-        smallest_need = need
+    *larger, smallest = candidates(per_rank)
+    if budget is not None:
+        smallest_need = step_need_mb(build, measure, device, smallest, precision)
+        if smallest_need > budget:
+            raise UserError(
+                f"train.memory_limit_mb={memory_limit_mb}: even micro_batch_size=1 needs {smallest_need:.0f} MB, "
+                f"more than the {budget:.0f} MB budget (limit less memory_margin={margin}); raise memory_limit_mb "
+                "or use a smaller model"
+            )
+    for size in larger if budget is not None else [*larger, smallest]:
+        need = step_need_mb(build, measure, device, size, precision)
         if budget is None or need <= budget:
             return Probe(size, round(need, 1), budget, time.perf_counter() - started)
-    raise UserError(
-        f"train.memory_limit_mb={memory_limit_mb}: even micro_batch_size=1 needs {smallest_need:.0f} MB, more than "
-        f"the {budget:.0f} MB budget (limit less memory_margin={margin}); raise memory_limit_mb or use a smaller model"
-    )
+    return Probe(smallest, round(smallest_need, 1), budget, time.perf_counter() - started)
+
+
+def step_need_mb(build: Callable, measure: Callable, device: torch.device, size: int, precision: str) -> float:
+    """What one training step of a `size` micro-batch needs, on a fresh model; inf where it ran out."""
+    model, optimizer = build()
+    images = torch.randn(size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (size,), device=device)
+    try:
+        return measure(model, optimizer, images, labels, precision) / 2**20
+    except torch.OutOfMemoryError:
+        return math.inf
+    finally:
+        del model, optimizer, images, labels
+        release_cached_memory(device)
 
 
 def release_cached_memory(device: torch.device) -> None:
