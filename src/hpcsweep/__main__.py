@@ -1,5 +1,5 @@
 """`python -m hpcsweep`: the same as the `hpcsweep` console script (used by MLproject commands)."""
 
-from hpcsweep.cli import main
+from hpcsweep.cli import run
 
-main()
+run()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from hpcsweep import process_exit
 from hpcsweep.cli_grid import COMMANDS as GRID_COMMANDS
 from hpcsweep.cli_options import CONTEXT_SETTINGS, Group, config_options
 from hpcsweep.errors import UserError
@@ -27,6 +28,12 @@ def main() -> None:
 
 for grid_command in GRID_COMMANDS:
     main.add_command(grid_command)
+
+
+def run() -> None:
+    """The `hpcsweep` console script and `python -m hpcsweep`: `main`, ended without Python's
+    teardown of the modules it imported (process_exit.py)."""
+    process_exit.run(main)
 
 
 @main.command()
