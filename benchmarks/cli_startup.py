@@ -1,11 +1,14 @@
-"""How long `hpcsweep` takes to answer before any real work: `--help` and a mistyped `-s` key.
+"""How long `hpcsweep` takes to answer before any real work: `--help`, a mistyped `-s` key, and a
+training where nothing was prepared.
 
-Both should answer in well under half a second: they read no data and build no model, so any
-time above the interpreter's start-up is an import that the command does not need (torch alone
-costs seconds). Each command runs as its own process, `python -m hpcsweep ...`, from a
-temporary folder holding a copy of the project's params.yaml, and the median of several runs is
-printed. The hpcsweep that is imported is the one Python finds, so a PYTHONPATH pointing at
-another checkout's `src` measures that checkout instead.
+The first two should answer in well under half a second: they read no data and build no model, so
+any time above the interpreter's start-up is an import that the command does not need (torch alone
+costs seconds). The third needs torch to check the prepared data, and nothing else: its refusal
+comes before Lightning and MLflow are imported (training/preflight.py), and the process ends
+without Python's teardown of torch (process_exit.py). Each command runs as its own process,
+`python -m hpcsweep ...`, from a temporary folder holding a copy of the project's params.yaml,
+and the median of several runs is printed. The hpcsweep that is imported is the one Python
+finds, so a PYTHONPATH pointing at another checkout's `src` measures that checkout instead.
 
     python benchmarks/cli_startup.py [RUNS]     # RUNS defaults to 7
 """
@@ -27,6 +30,7 @@ COMMANDS = {
     "python -c pass": ["-c", "pass"],
     "hpcsweep --help": ["-m", "hpcsweep", "--help"],
     "hpcsweep status x -s bogus_key=1": ["-m", "hpcsweep", "status", "x", "-s", "bogus_key=1"],
+    "hpcsweep train (nothing prepared)": ["-m", "hpcsweep", "train"],
 }
 
 
