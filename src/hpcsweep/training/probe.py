@@ -128,20 +128,26 @@ def probe_micro_batch(
     started = time.perf_counter()
     budget = memory_budget_mb(device, memory_limit_mb, margin)
     measure = cuda_step_bytes if device.type == "cuda" else cpu_step_bytes
-    *larger, smallest = candidates(per_rank)
-    if budget is not None:
-        smallest_need = step_need_mb(build, measure, device, smallest, precision)
-        if smallest_need > budget:
-            raise UserError(
-                f"train.memory_limit_mb={memory_limit_mb}: even micro_batch_size=1 needs {smallest_need:.0f} MB, "
-                f"more than the {budget:.0f} MB budget (limit less memory_margin={margin}); raise memory_limit_mb "
-                "or use a smaller model"
-            )
-    for size in larger if budget is not None else [*larger, smallest]:
+    sizes = candidates(per_rank)
+    if budget is None:  # the CPU without a limit: the largest, measured for the record
+        need = step_need_mb(build, measure, device, sizes[0], precision)
+        return Probe(sizes[0], round(need, 1), None, elapsed(started))
+    smallest_need = step_need_mb(build, measure, device, sizes[-1], precision)
+    if smallest_need > budget:
+        raise UserError(
+            f"train.memory_limit_mb={memory_limit_mb}: even micro_batch_size=1 needs {smallest_need:.0f} MB, "
+            f"more than the {budget:.0f} MB budget (limit less memory_margin={margin}); raise memory_limit_mb "
+            "or use a smaller model"
+        )
+    for size in sizes[:-1]:
         need = step_need_mb(build, measure, device, size, precision)
-        if budget is None or need <= budget:
-            return Probe(size, round(need, 1), budget, time.perf_counter() - started)
-    return Probe(smallest, round(smallest_need, 1), budget, time.perf_counter() - started)
+        if need <= budget:
+            return Probe(size, round(need, 1), budget, elapsed(started))
+    return Probe(sizes[-1], round(smallest_need, 1), budget, elapsed(started))
+
+
+def elapsed(started: float) -> float:
+    return time.perf_counter() - started
 
 
 def step_need_mb(build: Callable, measure: Callable, device: torch.device, size: int, precision: str) -> float:
