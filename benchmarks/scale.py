@@ -4,10 +4,12 @@ Run by hand from the project root, as root (it starts the dev cluster), on an id
 
     .venv/bin/python benchmarks/scale.py [--points 1000] [--max-parallel 8] [--repeats 3]
 
-1. PostgreSQL + SeaweedFS + `hpcsweep server` (2 workers), as the tests' `shared_server` builds
-   them (tracking_server.py's `postgres_s3_servers`), and the two-node dev cluster with a real
-   site's MaxArraySize (1001: `HPCSWEEP_SLURM_MAX_ARRAY_SIZE`; the tests keep 4, which cuts grids
-   into many arrays on purpose). up.sh restarts a cluster that runs with another setting.
+1. PostgreSQL + SeaweedFS + `hpcsweep server` with `--workers` (params.yaml's tracking.workers
+   by default, 4, as `hpcsweep server` and tracking-server.sbatch run it; the tests' `shared_server`
+   has 2), built as that fixture builds them (tracking_server.py's `postgres_s3_servers`), and the
+   two-node dev cluster with a real site's MaxArraySize (1001: `HPCSWEEP_SLURM_MAX_ARRAY_SIZE`;
+   the tests keep 4, which cuts grids into many arrays on purpose).
+   up.sh restarts a cluster that runs with another setting.
 2. A temp project with the tests' synthetic data prepared, and a grid of `--points` points
    (optimizer x 5 learning rates x seeds) whose tasks log like a 30-epoch training without
    training (tests/helpers/simulated_point.py, through `hpcsweep grid --template`).
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import mlflow
 import yaml
+
+from hpcsweep.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' services, synthetic data and simulated task
@@ -136,11 +140,13 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1000, help="a multiple of 10")
     parser.add_argument("--max-parallel", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=load_config(ROOT / "params.yaml").tracking.workers)
     args = parser.parse_args()
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    load = os.getloadavg()[0]
+    print(f"load average at start: {load:.1f} on {os.cpu_count()} CPUs; server workers: {args.workers}", flush=True)
     with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         folder = Path(temporary)
-        servers, _ = postgres_s3_servers(stack, folder, ["proxied"], workers=2)
+        servers, _ = postgres_s3_servers(stack, folder, ["proxied"], workers=args.workers)
         server = servers["proxied"]
         server.start()
         environment = {**clean_environment(), **start_cluster(), "MLFLOW_TRACKING_URI": server.uri}
