@@ -18,13 +18,12 @@ from hpcsweep.errors import UserError
 from hpcsweep.hardware.gpus import check_training_hardware
 
 
-def check_can_train(config: Config) -> dict:
-    """Raise UserError where `config` cannot train here; returns the prepared data's stats."""
+def check_can_train(config: Config) -> None:
+    """Raise UserError where `config` cannot train here."""
     stats = check_prepared(Path(config.data.prepared_dir))
     check_val_size(config.data.val_size, stats, Path(config.data.prepared_dir))
     check_enough_data(config, stats)
     check_training_hardware(config.train)  # a GPU this torch build cannot run fails here, not minutes in
-    return stats
 
 
 def check_enough_data(config: Config, stats: dict) -> None:
