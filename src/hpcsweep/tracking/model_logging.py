@@ -2,8 +2,9 @@
 and the registry can take it.
 
 Logged in MLflow's safe `pt2` format (torch.export: a graph and weights, no pickled code), so it
-loads without hpcsweep installed; its signature is float32 images N x 3 x 32 x 32 (normalised as
-the training normalised them: stats.json of the prepared data) to 10 logits. The input example has
+loads without hpcsweep installed; its signature is float32 RGB images N x 3 x 32 x 32 with values
+in [0, 1] (as torchvision's ToTensor gives them) to 10 logits: the model normalises them itself,
+with the prepared data's mean and std (models/normalised.py). The input example has
 two images because torch.export fixes a dimension of size 1: with two, the batch stays free.
 
 Logged after the run's spool was flushed, straight to the store, and only if the store answers

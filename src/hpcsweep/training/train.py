@@ -24,9 +24,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from hpcsweep.atomic import atomic_file
 from hpcsweep.config import Config, TrainConfig
 from hpcsweep.data.coverage import DataCoverage
-from hpcsweep.data.loader import CIFAR10DataModule
+from hpcsweep.data.loader import CIFAR10DataModule, load_stats
 from hpcsweep.hardware.gpus import trains_on_cuda
 from hpcsweep.hardware.precision import precision_for
+from hpcsweep.models.normalised import NormalisedInput
 from hpcsweep.ranks import global_rank, slurm_job
 from hpcsweep.tracking.run import TrackedRun
 from hpcsweep.tracking.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder
@@ -166,10 +167,16 @@ def train(config: Config, run_id: str | None = None, pruning: PruneSettings | No
             folder.remove_checkpoints()
     precision = precision_for(config.train.accelerator, config.train.precision)
     with TrackedRun(config, folder, run_id, params={PRECISION_USED: precision}) as run:
-        run.network_from_checkpoint = lambda path: ResNetModule.load_from_checkpoint(path, map_location="cpu").model
+        run.network_from_checkpoint = lambda path: served_network(path, Path(config.data.prepared_dir))
         check_requeue_budget(config, run)
         train_config = dataclasses.replace(config.train, precision=precision)
         return fit(config, train_config, run, resume, per_rank, pruning)
+
+
+def served_network(checkpoint: Path, prepared_dir: Path) -> NormalisedInput:
+    """The network in `checkpoint` as the logged model serves it: behind the prepared data's normalisation."""
+    network = ResNetModule.load_from_checkpoint(checkpoint, map_location="cpu").model
+    return NormalisedInput(network, *load_stats(prepared_dir))
 
 
 def check_requeue_budget(config: Config, run: TrackedRun) -> None:
