@@ -3,8 +3,8 @@
 Hundreds of jobs log to it at once, which SQLite cannot take. Everything that could make it
 fail later is checked first, each as one line naming the setting: the port is free, the
 database answers with these credentials, the bucket exists and these keys may use it, and
-`--auth` has an admin password. Then this process becomes `mlflow server --serve-artifacts`
-(clients upload artifacts through it and never need S3 keys themselves), or with
+`--auth` has an admin password. Then this process runs MLflow's `mlflow server --serve-artifacts`
+command (clients upload artifacts through it and never need S3 keys themselves), or with
 `--no-serve-artifacts` (`tracking.serve_artifacts: false`) `mlflow server --no-serve-artifacts
 --default-artifact-root DESTINATION`: runs get s3:// artifact URIs and jobs upload straight to S3
 with their own AWS_* keys and MLFLOW_S3_ENDPOINT_URL, so the server never carries checkpoint bytes.
@@ -277,9 +277,9 @@ def artifact_arguments(options: ServerOptions) -> list[str]:
     return ["--no-serve-artifacts", "--default-artifact-root", options.artifacts_destination]
 
 
-def mlflow_command(options: ServerOptions) -> list[str]:
+def mlflow_arguments(options: ServerOptions) -> list[str]:
+    """`mlflow server`'s arguments: no credential among them (they are in the environment)."""
     command = [
-        str(Path(sys.executable).parent / "mlflow"),
         "server",
         *artifact_arguments(options),
         "--host",
@@ -314,6 +314,7 @@ def serve(options: ServerOptions) -> None:
     environment = server_environment(options)
     if options.auth:
         environment |= auth_environment(options, Path(tempfile.mkdtemp(prefix="hpcsweep-server-")))
+    os.environ.update(environment)  # before mlflow is imported here: it and its workers read them
     prepare_schema(options)
     print(
         f"MLflow tracking server: runs in {redact(options.backend_store_uri)}, artifacts in "
@@ -323,5 +324,13 @@ def serve(options: ServerOptions) -> None:
         flush=True,
     )
     print(f"export MLFLOW_TRACKING_URI={client_uri(options)}", flush=True)
-    command = mlflow_command(options)
-    os.execve(command[0], command, environment)
+    run_mlflow_server(options)
+
+
+def run_mlflow_server(options: ServerOptions) -> None:
+    """MLflow's own `mlflow server` command, run in this process until the server stops. Exec'ing
+    its console script instead would import mlflow a second time: 3-4 s of CPU and of waiting at
+    every start, before MLflow even starts its workers."""
+    from mlflow.cli import cli
+
+    cli.main(args=mlflow_arguments(options), prog_name="mlflow")
