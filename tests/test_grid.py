@@ -438,21 +438,21 @@ def test_a_slurm_launch_refuses_accelerator_auto_in_one_line_before_writing_anyt
     assert not (project / "runs").exists()
 
 
-def config_on_gpu(config):
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, accelerator="gpu"))
+def config_on_gpu(config, devices: int):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, accelerator="gpu", devices=devices))
 
 
 @pytest.mark.parametrize(
-    ("extra", "refused"),
+    ("extra", "refused", "gpus"),
     [
-        ({"gres": "gpu:2"}, "gres=gpu:2"),
-        ({"constraint": "p100", "gres": "craynetwork:1,gpu:p100:2"}, "gres=craynetwork:1,gpu:p100:2"),
-        ({"gres": "shard:1"}, "gres=shard:1"),
-        ({"mem-per-gpu": "16G"}, "mem-per-gpu=16G"),
-        ({"gres": "craynetwork:1", "constraint": "gpu_node"}, None),  # no GPU asked for
+        ({"gres": "gpu:2"}, "gres=gpu:2", 2),
+        ({"constraint": "p100", "gres": "craynetwork:1,gpu:p100:2"}, "gres=craynetwork:1,gpu:p100:2", 2),
+        ({"gres": "shard:1"}, "gres=shard:1", 1),  # a share of one GPU
+        ({"mem-per-gpu": "16G"}, "mem-per-gpu=16G", 1),
+        ({"gres": "craynetwork:1", "constraint": "gpu_node"}, None, 1),  # no GPU asked for
     ],
 )
-def test_cpu_points_whose_slurm_extra_asks_for_gpus_are_refused(tmp_path, extra, refused):
+def test_cpu_points_whose_slurm_extra_asks_for_gpus_are_refused(tmp_path, extra, refused, gpus):
     spec = {"name": "cpu", "base": {"accelerator": "cpu"}, "grid": {"seed": [0]}, "slurm": {"extra": extra}}
     points = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {}).points
     if refused is None:
@@ -465,13 +465,14 @@ def test_cpu_points_whose_slurm_extra_asks_for_gpus_are_refused(tmp_path, extra,
         f"leave idle; set accelerator: gpu (hpcsweep then asks for --gpus-per-node=devices) or drop "
         f"{refused.split('=')[0]} from slurm.extra"
     )
-    points[0] = dataclasses.replace(points[0], config=config_on_gpu(points[0].config))
-    SlurmExecutor().check_points(points)  # the same request for a GPU training is what it needs
+    points[0] = dataclasses.replace(points[0], config=config_on_gpu(points[0].config, gpus))
+    SlurmExecutor().check_points(points)  # the same request for a GPU training on its GPUs is what it needs
 
 
-def rendered_directives(tmp_path: Path, train: dict) -> list[str]:
-    """The job script SlurmExecutor writes for one point of `train` settings, read back."""
-    grid = load_grid(write_grid(tmp_path, {"name": "shape", "base": train, "seeds": [0]}), ROOT / "params.yaml", {})
+def rendered_directives(tmp_path: Path, train: dict, slurm: dict | None = None) -> list[str]:
+    """The job script SlurmExecutor writes for one point of `train` (and `slurm`) settings, read back."""
+    spec = {"name": "shape", "base": train, "seeds": [0], **({"slurm": slurm} if slurm else {})}
+    grid = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {})
     batch = Batch(0, grid.name, grid.points, tmp_path / "launch")
     SlurmExecutor().prepare(batch)
     return batch.script.read_text().splitlines()
@@ -486,6 +487,26 @@ def test_devices_and_nodes_of_a_real_config_become_tasks_and_gpus_per_node_and_s
     on_cpu = rendered_directives(tmp_path, {"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
     assert {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2"} <= set(on_cpu)
     assert not [line for line in on_cpu if line.startswith("#SBATCH") and "gpu" in line]
+
+
+def test_gpus_named_in_slurm_extras_gres_replace_gpus_per_node_and_must_match_the_devices(tmp_path):
+    """A site that wants a GPU type (`gres: gpu:a100:2`) or a share of one (`shard:1`) names it in
+    slurm.extra; asked for again with --gpus-per-node, SLURM would count the GPUs twice."""
+    train = {"accelerator": "gpu", "devices": 2, "strategy": "ddp"}
+    typed = rendered_directives(tmp_path, train, {"extra": {"gres": "gpu:a100:2"}})
+    assert "#SBATCH --gres=gpu:a100:2" in typed and "#SBATCH --ntasks-per-node=2" in typed
+    assert not [line for line in typed if line.startswith("#SBATCH --gpus")]
+    shared = rendered_directives(tmp_path, {"accelerator": "gpu"}, {"extra": {"gres": "shard:1"}})
+    assert "#SBATCH --gres=shard:1" in shared and not [line for line in shared if line.startswith("#SBATCH --gpus")]
+    spec = {"name": "typed", "base": train, "seeds": [0], "slurm": {"extra": {"gres": "gpu:a100:4"}}}
+    points = load_grid(write_grid(tmp_path, spec), ROOT / "params.yaml", {}).points
+    with pytest.raises(UserError) as error:
+        SlurmExecutor().check_points(points)
+    assert str(error.value) == (
+        "point 0 (seed=0): slurm.extra gres=gpu:a100:4 asks SLURM for 4 GPU(s) per node and train.devices=2 "
+        "trains on 2: make them agree (with GPUs in slurm.extra's gres, hpcsweep asks for no --gpus-per-node "
+        "of its own)"
+    )
 
 
 def test_a_rendered_job_script_turns_telemetry_off_unless_the_job_environment_chose(tmp_path):

@@ -25,6 +25,7 @@ from pathlib import Path
 from string import Template
 
 from hpcsweep.atomic import atomic_file
+from hpcsweep.config import Config
 from hpcsweep.errors import UserError
 from hpcsweep.grid.executors.base import Batch, BatchRuns, Executor
 from hpcsweep.grid.executors.slurm_states import queued_states, slurm_output
@@ -45,7 +46,7 @@ EXTRA_OPTIONS = tuple(
 # SIGUSR1 comes this long before the time limit: Lightning's checkpoint and requeue must fit in it
 REQUEUE_SIGNAL_LEAD_S = 90
 TIME_LIMIT = re.compile(r"(?:(\d+)-)?(\d+):(\d+):(\d+)")  # slurm.time, as config.py allows it
-GPU_GRES = re.compile(r"(?:^|,)(?:gpu|shard|mps)(?::|,|$)")  # gres=gpu:2, gpu:a100:2, shard:4, mps:50
+GPU_GRES_NAMES = ("gpu", "shard", "mps")  # gres=gpu:2, gpu:a100:2, shard:4, mps:50: GPUs or a share of one
 # array task ids run from 0 to MaxArraySize - 1; Slurm's default, for where scontrol cannot say (a dry run
 # off the cluster)
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -144,13 +145,32 @@ def check_time_limit(point: Point) -> None:
         )
 
 
+def gres_gpu_parts(extra: Mapping[str, str | int]) -> list[str]:
+    """The parts of slurm.extra's gres that ask for GPUs or a share of one (gpu:a100:2, shard:4)."""
+    parts = str(extra.get("gres", "")).lower().split(",")
+    return [part for part in parts if part.split(":")[0] in GPU_GRES_NAMES]
+
+
+def gres_gpus(parts: list[str]) -> int:
+    """Whole GPUs per node the gres parts name: gpu is 1, gpu:2 and gpu:a100:2 are 2."""
+    fields = [part.split(":") for part in parts if part.split(":")[0] == "gpu"]
+    return sum(int(field[-1]) if len(field) > 1 and field[-1].isdigit() else 1 for field in fields)
+
+
 def gpu_requests(extra: Mapping[str, str | int]) -> list[str]:
     """The slurm.extra options that ask SLURM for GPUs or a share of one."""
     return [
         f"{option}={value}"
         for option, value in extra.items()
-        if "gpu" in option or (option == "gres" and GPU_GRES.search(str(value).lower()))
+        if "gpu" in option or (option == "gres" and gres_gpu_parts(extra))
     ]
+
+
+def gpus_per_node(config: Config) -> int | None:
+    """What hpcsweep asks SLURM for with --gpus-per-node: the devices of a GPU training, unless
+    slurm.extra's gres names the GPUs itself (a type, a share): asked twice, SLURM would count both."""
+    wanted = config.train.accelerator == "gpu" and not gres_gpu_parts(config.slurm.extra)
+    return config.train.devices if wanted else None
 
 
 def check_accelerator(point: Point) -> None:
@@ -160,11 +180,19 @@ def check_accelerator(point: Point) -> None:
     use = "set accelerator: gpu (hpcsweep then asks for --gpus-per-node=devices)"
     if accelerator == "auto":
         raise UserError(f"{name}: accelerator=auto would get no GPU from SLURM; {use} or accelerator: cpu")
-    requests = gpu_requests(point.config.slurm.extra)
+    extra, devices = point.config.slurm.extra, point.config.train.devices
+    requests = gpu_requests(extra)
     if accelerator == "cpu" and requests:
         raise UserError(
             f"{name}: accelerator=cpu, but slurm.extra {requests[0]} asks SLURM for GPUs the training "
             f"would leave idle; {use} or drop {requests[0].partition('=')[0]} from slurm.extra"
+        )
+    whole = gres_gpus(gres_gpu_parts(extra))
+    if accelerator == "gpu" and whole and whole != devices:
+        raise UserError(
+            f"{name}: slurm.extra gres={extra['gres']} asks SLURM for {whole} GPU(s) per node and "
+            f"train.devices={devices} trains on {devices}: make them agree (with GPUs in slurm.extra's "
+            f"gres, hpcsweep asks for no --gpus-per-node of its own)"
         )
 
 
@@ -287,7 +315,7 @@ class SlurmExecutor(Executor):
             workdir=Path.cwd(),
             log_dir=log_dir(batch),
             command=[sys.executable, "-m", "hpcsweep", "run-point", str(batch.points_file)],
-            gpus_per_node=config.train.devices if config.train.accelerator == "gpu" else None,
+            gpus_per_node=gpus_per_node(config),
             partition=resources.partition,
             account=resources.account,
             qos=resources.qos,
