@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from helpers.cluster import children, environment_with_slurm, launch_on_cluster, settled, wait_until
-from helpers.runs import TINY, history, hpcsweep, point_runs, write_grid
+from helpers.faults import kill_at, kill_hook
+from helpers.runs import TINY, grid_command, history, hpcsweep, point_runs, write_grid
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -230,3 +233,50 @@ def test_a_partition_sbatch_rejects_shows_sbatch_message_and_creates_no_run(slur
     assert done.returncode == 1
     assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
     assert point_runs(tracking_server, name) == []
+
+
+def test_a_relaunch_after_the_launcher_died_before_making_the_runs_makes_them_and_queues_nothing_twice(
+    slurm_project, tracking_server
+):
+    """A launcher SIGKILLed after sbatch took its first array, as it starts making that array's runs
+    (a lost SSH session): those tasks wait in the queue without runs and the second array was never
+    submitted. The relaunch makes the waiting tasks' runs, submits only the second array's points,
+    and no point ends up with two runs or two jobs."""
+    name = f"interrupted{os.getpid()}"
+    waiting = {**RESOURCES, "extra": {"begin": "now+1hour"}}  # the tasks stay queued for the whole test
+    grid = write_grid(slurm_project, {"name": name, "base": TINY, "slurm": waiting, "seeds": [0, 1, 2, 3, 4, 5, 6, 7]})
+    hooks = kill_hook(slurm_project / "kill-hook")
+    killing = environment_with_slurm(tracking_server) | kill_at("run-ids/", 1, 0)  # the first run's claim
+    killing["PYTHONPATH"] = f"{hooks}:{os.environ.get('PYTHONPATH', '')}"
+    first = subprocess.run(
+        grid_command(grid, "--executor", "slurm"), cwd=slurm_project, env=killing, capture_output=True, text=True
+    )
+    try:
+        assert first.returncode == -9, first.stderr[-3000:]
+        [folder] = (slurm_project / "runs" / name).iterdir()
+        [record] = (folder / "job-ids").iterdir()  # the first array's, written as sbatch answered
+        queued = json.loads(record.read_text())["job_id"]
+        ids = folder / "run-ids"
+        claims = {claim.stem for claim in ids.glob("*.claim")}  # the killed launcher got this far
+        recorded = {path.name for path in ids.iterdir() if not path.name.endswith(".claim") and path.name[0] != "."}
+        stale = claims - recorded  # claimed, and the launcher died before making the run
+        unmade = 4 - len(claims)  # the first array's tasks nobody had started making a run for
+
+        again = launch_on_cluster(grid, slurm_project, tracking_server)
+        assert again.returncode == 0, again.stderr[-3000:]
+        if unmade:
+            assert f"{name}: {unmade} runs created for tasks an earlier launch queued without them" in again.stdout
+        assert "4 of 8 points to run" in again.stdout and again.stdout.count("submitted job array") == 1
+        runs = children(tracking_server, name)
+        by_job = Counter(run.data.tags["slurm_job_id"] for run in runs)
+        assert by_job[queued] == len(recorded) + unmade and len(by_job) == 2 and len(runs) == 8 - len(stale)
+        assert all(run.info.status == "SCHEDULED" for run in runs)
+        assert len({run.data.tags["config_hash"] for run in runs}) == len(runs)  # no point twice
+    finally:
+        jobs = subprocess.run(
+            ["squeue", "-h", "-o", "%A", "-n", f"hpcsweep-{name}"],
+            capture_output=True,
+            text=True,
+            env=environment_with_slurm(tracking_server),
+        ).stdout.split()
+        subprocess.run(["scancel", *jobs], env=environment_with_slurm(tracking_server), check=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 
-from hpcsweep.grid import run_ids, run_reading
+from hpcsweep.grid import queued_tasks, run_ids, run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.executors.base import Batch
 from hpcsweep.tracking.credentials import redact_text
@@ -83,6 +83,7 @@ class MlflowBatchRuns:
     batch: Batch
 
     def queued(self, job_id: str, logs: list[Path]) -> None:
+        queued_tasks.record(self.batch.points_file, job_id, logs)  # first: a relaunch finds the tasks by it
         tags = [grid_runs.job_tags(job_id, task, str(log)) for task, log in enumerate(logs)]
         self.runs.create(self.batch, tags)
 

@@ -9,11 +9,12 @@ the launch folder (points files, job scripts, logs; a new one per launch, even t
 second), the parent run, one batch per resource shape handed to the executor (one sbatch each under
 SLURM; a shape with more points than the scheduler's largest job array becomes several batches),
 and the child runs, created while the jobs wait in the queue (child_runs.py). Messages show the
-tracking URI redacted. A relaunch skips points that
-already have a FINISHED or pruned run (or a live job) and resubmits failed and killed ones into
-new runs. A grid that prunes gets one Optuna study, created here before any job starts, in a
-journal file beside its launch folders (runs/GRID/), the same for every launch of the grid: a
-relaunched point is judged against the peers that earlier launches finished.
+tracking URI redacted. A relaunch first makes the runs an interrupted launch left unmade
+(queued_tasks.py), then skips points that already have a FINISHED or pruned run (or a live job)
+and resubmits failed and killed ones into new runs. A grid that prunes gets one Optuna study,
+created here before any job starts, in a journal file beside its launch folders (runs/GRID/), the
+same for every launch of the grid: a relaunched point is judged against the peers that earlier
+launches finished.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from hpcsweep.atomic import FILE_MODE, PRIVATE, atomic_file
 from hpcsweep.config import Config
 from hpcsweep.data.stats import check_val_size, read_stats
 from hpcsweep.errors import UserError
-from hpcsweep.grid import run_reading
+from hpcsweep.grid import queued_tasks, run_reading
 from hpcsweep.grid import runs as grid_runs
 from hpcsweep.grid.child_runs import ChildRuns
 from hpcsweep.grid.executors.base import Batch, Executor
@@ -127,8 +128,9 @@ def write_points_file(batch: Batch, lineage: grid_runs.Lineage | None, pruning: 
         temporary.write_text(document)
 
 
-def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOptions) -> list[Point]:
-    """All points, or (relaunch) those without a FINISHED or pruned run or a job still queued or running."""
+def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOptions, queued: set[str]) -> list[Point]:
+    """All points, or (relaunch) those without a FINISHED or pruned run or a job still queued or
+    running; `queued`: config hashes of points an earlier launch's tasks wait to train."""
     if options.rerun:
         return grid.points
     latest = run_reading.latest_by_hash(grid_runs.grid_runs(client, grid.name))
@@ -141,7 +143,11 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
         ended = run.info.status == "FINISHED" or run_reading.is_pruned(run)
         return ended or (run_reading.is_active(run) and run_reading.job_key(run) in alive)
 
-    return [p for p in grid.points if not (p.config.hash in latest and settled(latest[p.config.hash]))]
+    return [
+        p
+        for p in grid.points
+        if p.config.hash not in queued and not (p.config.hash in latest and settled(latest[p.config.hash]))
+    ]
 
 
 def new_launch_folder(grid_name: str) -> Path:
@@ -180,7 +186,8 @@ def launch(grid: Grid, options: LaunchOptions) -> Path | None:
         return folder
     client = mlflow.MlflowClient(uri)
     experiment = experiment_id(client, grid.experiment)
-    todo = points_to_run(client, grid, options)
+    queued = queued_tasks.complete(client, (LAUNCH_ROOT / grid.name).resolve(), executor)
+    todo = points_to_run(client, grid, options, queued)
     if not todo:
         print(
             f"{grid.name}: all {len(grid.points)} points already have a finished or pruned run or a live job; "
