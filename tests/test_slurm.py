@@ -15,6 +15,7 @@ import pytest
 from helpers.cluster import children, environment_with_slurm, launch_on_cluster, settled, wait_until
 from helpers.faults import kill_at, kill_hook
 from helpers.runs import TINY, grid_command, history, hpcsweep, point_runs, write_grid
+from hpcsweep.grid import run_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -261,6 +262,11 @@ def test_a_relaunch_after_the_launcher_died_before_making_the_runs_makes_them_an
         recorded = {path.name for path in ids.iterdir() if not path.name.endswith(".claim") and path.name[0] != "."}
         stale = claims - recorded  # claimed, and the launcher died before making the run
         unmade = 4 - len(claims)  # the first array's tasks nobody had started making a run for
+        unclaimed = sorted({f"points-0-{task}" for task in range(4)} - claims)
+        if unclaimed:  # and one that a launcher dead for longer claimed: the relaunch takes it over
+            abandoned = (ids / unclaimed[0]).with_suffix(".claim")
+            abandoned.touch()
+            os.utime(abandoned, (time.time() - run_ids.WAIT_S - 60,) * 2)
 
         again = launch_on_cluster(grid, slurm_project, tracking_server)
         assert again.returncode == 0, again.stderr[-3000:]

@@ -61,7 +61,7 @@ def without_runs(grid_folder: Path) -> list[QueuedTask]:
 
 def make_run(client: mlflow.MlflowClient, queued: QueuedTask, document: dict, config: Config) -> str | None:
     """The task's run, SCHEDULED and tagged with its job as its launcher would have made it; None
-    where another process holds the claim."""
+    where another process holds the claim. A claim abandoned by a dead launcher is taken over."""
     lineage = grid_runs.Lineage.from_dict(document["lineage"])
     tags = grid_runs.job_tags(queued.job_id, queued.task, queued.log)
     label = document["points"][queued.task]["label"]
@@ -69,6 +69,8 @@ def make_run(client: mlflow.MlflowClient, queued: QueuedTask, document: dict, co
     def create() -> str:
         return grid_runs.create_child(client, lineage, label, config, tags, scheduled=True)
 
+    if run_ids.abandoned(queued.points_file, queued.task):
+        run_ids.release(queued.points_file, queued.task)
     return run_ids.create_once(queued.points_file, queued.task, create)
 
 

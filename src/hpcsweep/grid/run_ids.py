@@ -58,6 +58,16 @@ def release(points_file: Path, task: int) -> None:
     id_file(points_file, task).with_suffix(".claim").unlink(missing_ok=True)
 
 
+def abandoned(points_file: Path, task: int, older_than_s: float = WAIT_S) -> bool:
+    """A claim still without a run id after `older_than_s`: the process that took it died making
+    the run (a live one makes it in well under a second)."""
+    try:
+        age = time.time() - id_file(points_file, task).with_suffix(".claim").stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > older_than_s and not recorded(points_file, task)
+
+
 def create_once(points_file: Path, task: int, create: Callable[[], str]) -> str | None:
     """Create the task's run with `create` if nobody has claimed it; its id, or None where another
     process holds the claim (the launcher moves on: the task makes its own run)."""
