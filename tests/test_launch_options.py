@@ -22,6 +22,8 @@ import pytest
 
 from helpers.project import ROOT
 from helpers.runs import TINY, environment, grid_command, point_runs, write_grid
+from helpers.synthetic import VAL_SIZE
+from hpcsweep.data.prepare import prepare
 from hpcsweep.grid.executors.slurm import SlurmExecutor, parse_max_array_size
 from hpcsweep.grid.launch import make_batches
 from hpcsweep.grid.spec import load_grid
@@ -180,3 +182,26 @@ def test_rerun_trains_points_that_already_finished_again_into_new_runs(prepared,
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
     assert len({r.info.run_id for r in children}) == 2 and finished.info.run_id in {r.info.run_id for r in children}
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 2  # one launch run each
+
+
+@pytest.mark.slow
+def test_a_relaunch_trains_again_the_points_that_finished_on_other_prepared_data(prepared, tracking_server):
+    """The data prepared again with another validation split: the finished run trained on another
+    training set, so it is not the point's answer any more and the relaunch trains the point again
+    (without the data_md5 check it said "nothing to do")."""
+    project = prepared.parent.parent
+    name = f"redata{os.getpid()}"
+    grid = write_grid(project, {"name": name, "base": SMALL, "grid": {"optimizer": ["sgd"]}})
+    first = launch(project, grid, tracking_server)
+    assert first.returncode == 0, first.stderr[-3000:]
+    same = launch(project, grid, tracking_server)
+    assert same.returncode == 0 and "nothing to do" in same.stdout  # the same data: done
+
+    prepare(project / "data/raw", prepared, VAL_SIZE - 10)
+    again = launch(project, grid, tracking_server, "-s", f"data.val_size={VAL_SIZE - 10}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{name}: 1 points ended on other prepared data than {prepared.resolve()} holds now" in again.stdout
+    assert "1 of 1 points to run" in again.stdout
+    runs = [r for r in point_runs(tracking_server, name) if r.data.tags["hpcsweep.role"] == "point"]
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert len({r.data.tags["data_md5"] for r in runs}) == 2

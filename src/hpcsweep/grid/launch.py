@@ -41,6 +41,7 @@ from hpcsweep.grid.spec import Grid, Point
 from hpcsweep.tracking.client import DEFAULT_URI, absolute_uri, check_tracking_server, tracking_uri
 from hpcsweep.tracking.credentials import redact_text
 from hpcsweep.tracking.experiments import experiment_id
+from hpcsweep.tracking.tags import data_md5
 from hpcsweep.training.prune_settings import PruneSettings, open_study
 
 LAUNCH_ROOT = Path("runs")
@@ -129,8 +130,10 @@ def write_points_file(batch: Batch, lineage: grid_runs.Lineage | None, pruning: 
 
 
 def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOptions, queued: set[str]) -> list[Point]:
-    """All points, or (relaunch) those without a FINISHED or pruned run or a job still queued or
-    running; `queued`: config hashes of points an earlier launch's tasks wait to train."""
+    """All points, or (relaunch) those without a FINISHED or pruned run on the data prepared now or
+    a job still queued or running; `queued`: config hashes of points an earlier launch's tasks wait
+    to train. A run that ended on other prepared data (another split or archive: its `data_md5` tag)
+    is not its point's answer now, so the point trains again."""
     if options.rerun:
         return grid.points
     latest = run_reading.latest_by_hash(grid_runs.grid_runs(client, grid.name))
@@ -138,16 +141,33 @@ def points_to_run(client: mlflow.MlflowClient, grid: Grid, options: LaunchOption
         run_reading.job_key(run) for run in latest.values() if run_reading.is_active(run) and run_reading.job_key(run)
     ]
     alive = options.executor.live_jobs(jobs)
+    digests: dict[str, str] = {}
 
-    def settled(run) -> bool:
-        ended = run.info.status == "FINISHED" or run_reading.is_pruned(run)
-        return ended or (run_reading.is_active(run) and run_reading.job_key(run) in alive)
+    def ended(run) -> bool:
+        return run.info.status == "FINISHED" or run_reading.is_pruned(run)
 
-    return [
-        p
-        for p in grid.points
-        if p.config.hash not in queued and not (p.config.hash in latest and settled(latest[p.config.hash]))
-    ]
+    def on_data_now(point: Point, run) -> bool:
+        prepared = point.config.data.prepared_dir
+        if prepared not in digests:
+            digests[prepared] = data_md5(Path(prepared))
+        return run.data.tags.get("data_md5", digests[prepared]) == digests[prepared]
+
+    ended_points = [point for point in grid.points if point.config.hash in latest and ended(latest[point.config.hash])]
+    elsewhere = [point for point in ended_points if not on_data_now(point, latest[point.config.hash])]
+    done = {point.config.hash for point in ended_points} - {point.config.hash for point in elsewhere}
+    if elsewhere:
+        print(
+            f"{grid.name}: {len(elsewhere)} points ended on other prepared data than "
+            f"{elsewhere[0].config.data.prepared_dir} holds now (their runs' data_md5): they train again",
+            flush=True,
+        )
+
+    def settled(point: Point) -> bool:
+        run = latest.get(point.config.hash)
+        alive_job = run is not None and run_reading.is_active(run) and run_reading.job_key(run) in alive
+        return point.config.hash in queued or point.config.hash in done or alive_job
+
+    return [point for point in grid.points if not settled(point)]
 
 
 def new_launch_folder(grid_name: str) -> Path:
