@@ -207,12 +207,13 @@ def test_system_metrics_of_the_node_land_in_the_run_when_asked(prepared, trackin
             "max_epochs=2",
             "batch_size=10",
             "base_batch_size=10",
-            "limit_train_samples=60",  # 2 x 6 steps: seconds, several samples at a 1 s interval
+            "limit_train_samples=60",  # 2 x 6 steps: about 2 s on a fast machine
             "tracking.system_metrics=true",
             f"tracking.experiment={experiment}",
         ),
     ]
-    env = environment(tracking_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+    # sampled every 0.2 s, so that even a 2 s training gives several samples (at 1 s a fast machine gave one)
+    env = environment(tracking_server, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2")
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     [run] = runs_of(tracking_server, experiment)
