@@ -279,7 +279,7 @@ def artifact_arguments(options: ServerOptions) -> list[str]:
 
 def mlflow_arguments(options: ServerOptions) -> list[str]:
     """`mlflow server`'s arguments: no credential among them (they are in the environment)."""
-    command = [
+    arguments = [
         "server",
         *artifact_arguments(options),
         "--host",
@@ -290,13 +290,13 @@ def mlflow_arguments(options: ServerOptions) -> list[str]:
         str(options.workers),
     ]
     if options.allowed_hosts:
-        command += ["--allowed-hosts", options.allowed_hosts]
+        arguments += ["--allowed-hosts", options.allowed_hosts]
     if options.auth:
-        command += ["--app-name", "basic-auth"]
+        arguments += ["--app-name", "basic-auth"]
     if options.tls_cert:
         tls = ["--ssl-certfile", options.tls_cert, "--ssl-keyfile", options.tls_key]
-        command += ["--uvicorn-opts", shlex.join(tls)]
-    return command
+        arguments += ["--uvicorn-opts", shlex.join(tls)]
+    return arguments
 
 
 def client_uri(options: ServerOptions) -> str:
